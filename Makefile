@@ -1,0 +1,36 @@
+# vlmrl: two commands do all set-up on a fresh machine.
+#   make run    install into .venv, then run the main job on the embedded default
+#   make test   install into .venv, then run the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARTIFACTS ?= artifacts
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	# torch and torchvision must be a matched pair from the registry. A local find-links
+	# CPU build of torch (as on some machines here) breaks torchvision's compiled ops, so
+	# this one step ignores local pip config and takes the registry's build (it runs on CPU).
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip install torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/vlmrl data demo --out $(ARTIFACTS)/demo --max-pixels 12544 --min-pixels 3136 --frame-format png
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DAGSTER_DISABLE_TELEMETRY=1 \
+		$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(ARTIFACTS) dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -1,0 +1,35 @@
+"""Shared test set-up: offline by construction, real fixture videos, a small synthetic set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# No hub access, ever: every model and dataset in the suite is built locally.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The real videos in ../shared/fixtures/real (read in place, never copied in)."""
+    if not FIXTURES.is_dir():
+        raise RuntimeError(f"real-video fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic set (all families, every split), generated once per session."""
+    from vlmrl.data.synth import SynthSizes, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, seed=0, sizes=SynthSizes(sft=16, rl=16, bench=16), progress=False)
+    return out

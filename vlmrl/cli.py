@@ -1,0 +1,144 @@
+"""The ``vlmrl`` command: data synthesis and frame extraction (more stages as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _frame_args(p: argparse.ArgumentParser) -> None:
+    from vlmrl.data.frames import FrameOptions
+
+    d = FrameOptions()
+    g = p.add_argument_group("frame options")
+    g.add_argument("--fps", type=float, default=d.fps, help="frames sampled per second of video")
+    g.add_argument("--min-frames", type=int, default=d.min_frames)
+    g.add_argument("--max-frames", type=int, default=d.max_frames)
+    g.add_argument("--num-frames", type=int, default=None, help="exact frame count (overrides fps)")
+    g.add_argument("--min-pixels", type=int, default=d.min_pixels, help="per-frame lower bound")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-frame upper bound")
+    g.add_argument("--total-pixels", type=int, default=None, help="pixel budget for a whole clip")
+    g.add_argument("--image-min-pixels", type=int, default=d.image_min_pixels)
+    g.add_argument("--image-max-pixels", type=int, default=d.image_max_pixels)
+    g.add_argument("--frame-format", choices=("jpeg", "png"), default=d.frame_format)
+    g.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+
+
+def _frame_options(args: argparse.Namespace):
+    from vlmrl.data.frames import FrameOptions
+
+    return FrameOptions(
+        fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
+        num_frames=args.num_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+        total_pixels=args.total_pixels, image_min_pixels=args.image_min_pixels,
+        image_max_pixels=args.image_max_pixels, frame_format=args.frame_format,
+        jpeg_quality=args.jpeg_quality,
+    )
+
+
+def _print_extract(split: str, result) -> None:
+    m = result.manifest
+    c = m["counts"]
+    print(
+        f"{split}: {result.path}  kept {c['kept']}/{c['rows']} rows, rejected {c['rejected']}, "
+        f"{c['frames']} frames from {c['media_files']} media files "
+        f"({m['frames_per_second']} frames/s), fingerprint {m['fingerprint'][:12]}"
+    )
+    for r in m["rejected"][:10]:
+        print(f"  rejected row {r['row']} ({r.get('problem_id')}): {r['field']}: {r['reason']}")
+    if len(m["rejected"]) > 10:
+        print(f"  ... {len(m['rejected']) - 10} more in {result.path / 'manifest.json'}")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vlmrl.data.synth import SynthSizes, generate
+
+    summary = generate(args.out, seed=args.seed, sizes=SynthSizes.parse(args.sizes or ""))
+    for split, info in summary["splits"].items():
+        print(f"{split}: {info['samples']} samples -> {info['annotations']}  {info['families']}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from vlmrl.data.extract import extract_dataset
+
+    result = extract_dataset(
+        args.annotations, args.media_root, args.out, _frame_options(args), workers=args.workers
+    )
+    _print_extract(Path(args.annotations).stem, result)
+    rate = result.rejected / max(1, result.manifest["counts"]["rows"])
+    if args.max_reject_rate is not None and rate > args.max_reject_rate:
+        print(f"reject rate {rate:.1%} exceeds --max-reject-rate {args.max_reject_rate:.1%}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Synthesize the demo set and extract frames for every split."""
+    from vlmrl.data.extract import extract_dataset
+    from vlmrl.data.synth import SynthSizes, generate
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    summary = generate(out / "raw", seed=args.seed, sizes=SynthSizes.parse(args.sizes or ""))
+    results = {}
+    for split, info in summary["splits"].items():
+        result = extract_dataset(info["annotations"], out / "raw", out / "frames" / split,
+                                 _frame_options(args), workers=args.workers)
+        _print_extract(split, result)
+        results[split] = {"path": str(result.path), "kept": result.kept,
+                          "rejected": result.rejected, "fingerprint": result.fingerprint}
+    (out / "data_summary.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"done in {time.perf_counter() - t0:.1f} s; summary: {out / 'data_summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="synthetic data and frame extraction")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    synth = data_sub.add_parser("synth", help="write the synthetic temporal video QA set")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--sizes", default="", help="e.g. sft=64,rl=256,bench=128")
+    synth.set_defaults(func=cmd_synth)
+
+    extract = data_sub.add_parser("extract", help="build a frame-extracted dataset")
+    extract.add_argument("--annotations", required=True, help="JSON list or JSONL of records")
+    extract.add_argument("--media-root", required=True, help="media paths are relative to this")
+    extract.add_argument("--out", required=True)
+    extract.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    extract.add_argument("--max-reject-rate", type=float, default=None,
+                         help="exit 1 when more than this fraction of rows is rejected")
+    _frame_args(extract)
+    extract.set_defaults(func=cmd_extract)
+
+    demo = data_sub.add_parser("demo", help="synthesize and extract every split of the demo")
+    demo.add_argument("--out", default="artifacts/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--sizes", default="")
+    demo.add_argument("--workers", type=int, default=None)
+    _frame_args(demo)
+    demo.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+        print(f"vlmrl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

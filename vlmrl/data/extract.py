@@ -1,0 +1,361 @@
+"""Build a frame-extracted dataset: decode every video once, store frames as Arrow.
+
+The output directory is a Hugging Face dataset (``datasets.load_from_disk``) with one
+row per valid annotation row: the record fields, the sampled frames (``List(Image())``,
+JPEG or PNG bytes) and the frame metadata. Next to it, ``manifest.json`` holds the
+counts, every rejected row with its reason, the frame options and a content
+fingerprint. Training and evaluation read frames from here and never decode video again.
+
+The build is atomic: it is staged in a hidden sibling directory and renamed into place
+only after the manifest is written, so a crash never leaves a complete-looking dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vlmrl.data.frames import DecodedVideo, DecodeError, FrameOptions, decode_video, load_image
+from vlmrl.data.records import (
+    LoadedAnnotations,
+    MediaPathError,
+    Record,
+    load_annotations,
+    resolve_media,
+)
+from vlmrl.hashing import sha256_file, sha256_json
+
+FORMAT = "vlmrl.frames/1"
+MANIFEST = "manifest.json"
+
+
+def dataset_features():
+    """The Arrow schema of a frame dataset."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "problem_id": Value("string"),
+            "problem": Value("string"),
+            "data_type": Value("string"),
+            "problem_type": Value("string"),
+            "options": List(Value("string")),
+            "solution": Value("string"),
+            "path": Value("string"),
+            "data_source": Value("string"),
+            "process": Value("string"),
+            "frames": List(Image()),
+            "fps": Value("float32"),
+            "num_source_frames": Value("int32"),
+            "frame_indices": List(Value("int32")),
+            "timestamps": List(Value("float32")),
+            "decoder": Value("string"),
+            "height": Value("int32"),
+            "width": Value("int32"),
+            "media_sha256": Value("string"),
+        }
+    )
+
+
+@dataclass
+class ExtractResult:
+    """Where the dataset is and what went into it (the manifest, as a dict)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def kept(self) -> int:
+        return self.manifest["counts"]["kept"]
+
+    @property
+    def rejected(self) -> int:
+        return self.manifest["counts"]["rejected"]
+
+
+@dataclass
+class _Media:
+    key: tuple[str, str]  # (relative path, data_type)
+    sha256: str | None
+    frames: list[bytes] | None
+    meta: dict[str, Any] | None
+    error: str | None
+
+
+def extract_dataset(
+    annotations: str | os.PathLike[str],
+    media_root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: FrameOptions | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = True,
+) -> ExtractResult:
+    """Validate ``annotations``, decode each referenced media file once, write the dataset.
+
+    Bad annotation rows and undecodable or out-of-root media are rejected, counted and
+    listed in the manifest with file/row/field and reason; they never abort the build.
+    """
+    opts = options or FrameOptions()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    media_root = Path(media_root)
+    if not media_root.is_dir():
+        raise NotADirectoryError(f"media root {media_root} is not a directory")
+    started = time.perf_counter()
+    loaded = load_annotations(annotations)
+    rejected: list[dict[str, Any]] = [
+        {"row": e.row, "problem_id": e.problem_id, "field": e.field, "reason": e.message}
+        for e in loaded.errors
+    ]
+
+    # Resolve and confine media paths; group rows by media so each file is decoded once.
+    tasks: dict[tuple[str, str], Path] = {}
+    row_keys: list[tuple[int, Record, tuple[str, str]]] = []
+    for row, rec in zip(loaded.rows, loaded.records, strict=True):
+        key = (rec.path, rec.data_type)
+        if key not in tasks:
+            try:
+                tasks[key] = resolve_media(media_root, rec.path)
+            except MediaPathError as exc:
+                rejected.append(_reject(row, rec, "path", str(exc)))
+                continue
+        row_keys.append((row, rec, key))
+    refcount: dict[tuple[str, str], int] = {}
+    for _, _, key in row_keys:
+        refcount[key] = refcount.get(key, 0) + 1
+    ordered = [(key, tasks[key]) for key in refcount]  # first-appearance order
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        arrow_tmp = staging / "rows.arrow"
+        media_hashes: dict[str, str] = {}
+        n_frames = 0
+        decoders: dict[str, int] = {}
+        kept = 0
+        from datasets.arrow_writer import ArrowWriter
+
+        results = _ordered_map(
+            _process_media, [(key, str(p), opts) for key, p in ordered], workers
+        )
+        cache: dict[tuple[str, str], _Media] = {}
+        with ArrowWriter(features=dataset_features(), path=str(arrow_tmp)) as writer:
+            bar = tqdm(total=len(row_keys), desc="extract frames", unit="sample", disable=not progress)
+            for row, rec, key in row_keys:
+                while key not in cache:
+                    media = next(results)
+                    cache[media.key] = media
+                    if media.sha256:
+                        media_hashes[media.key[0]] = media.sha256
+                    if media.frames is not None:
+                        decoders[media.meta["decoder"]] = decoders.get(media.meta["decoder"], 0) + 1
+                        n_frames += len(media.frames)
+                media = cache[key]
+                if media.error is not None:
+                    rejected.append(_reject(row, rec, "path", media.error))
+                else:
+                    writer.write(_row(rec, media))
+                    kept += 1
+                refcount[key] -= 1
+                if refcount[key] == 0:
+                    del cache[key]
+                bar.update(1)
+            bar.close()
+            writer.finalize()
+
+        from datasets import Dataset
+
+        features = dataset_features()
+        ds = (Dataset.from_file(str(arrow_tmp)) if kept  # an empty Arrow file cannot be opened
+              else Dataset.from_dict({k: [] for k in features}, features=features))
+        ds_dir = staging / "dataset"
+        ds.save_to_disk(str(ds_dir), num_shards=None if kept else 1)  # one (empty) shard, still loadable
+        del ds
+        arrow_tmp.unlink()
+        for item in ds_dir.iterdir():
+            item.rename(staging / item.name)
+        ds_dir.rmdir()
+
+        rejected.sort(key=lambda r: r["row"])
+        elapsed = time.perf_counter() - started
+        manifest = {
+            "format": FORMAT,
+            "annotations": {"file": str(annotations), "sha256": sha256_file(annotations)},
+            "media_root": str(media_root),
+            "options": opts.to_dict(),
+            "counts": {
+                "rows": len(loaded.records) + len(loaded.errors),
+                "kept": kept,
+                "rejected": len(rejected),
+                "media_files": len(ordered),
+                "frames": n_frames,
+            },
+            "decoders": decoders,
+            "rejected": rejected,
+            "media": dict(sorted(media_hashes.items())),
+            "fingerprint": fingerprint(loaded, media_hashes, opts),
+            "elapsed_s": round(elapsed, 3),
+            "frames_per_second": round(n_frames / elapsed, 1) if elapsed > 0 else None,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExtractResult(path=out, manifest=manifest)
+
+
+def fingerprint(
+    loaded: LoadedAnnotations, media_hashes: dict[str, str], opts: FrameOptions
+) -> str:
+    """Content hash of a build's inputs: annotation rows, media bytes and options.
+
+    Independent of file locations and JSON formatting, so the same inputs anywhere give
+    the same fingerprint, and any changed row, media byte or option gives another.
+    """
+    return sha256_json(
+        {
+            "format": FORMAT,
+            "records": [r.to_dict() for r in loaded.records],
+            "rejected_rows": [(e.row, e.field, e.message) for e in loaded.errors],
+            "media": dict(sorted(media_hashes.items())),
+            "options": opts.to_dict(),
+        }
+    )
+
+
+def load_frame_dataset(path: str | os.PathLike[str]):
+    """Open a frame dataset built by `extract_dataset`; returns (dataset, manifest)."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} is not a complete frame dataset (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: unknown format {manifest.get('format')!r}")
+    return load_from_disk(str(path)), manifest
+
+
+def frames_array(row: dict[str, Any]) -> np.ndarray:
+    """A dataset row's frames as a [T, H, W, 3] uint8 array."""
+    return np.stack([np.asarray(img.convert("RGB")) for img in row["frames"]])
+
+
+def _reject(row: int, rec: Record, field: str, reason: str) -> dict[str, Any]:
+    return {"row": row, "problem_id": rec.problem_id, "field": field, "path": rec.path, "reason": reason}
+
+
+def _row(rec: Record, media: _Media) -> dict[str, Any]:
+    assert media.frames is not None and media.meta is not None
+    return {
+        **rec.to_dict(),
+        "frames": [{"bytes": b, "path": None} for b in media.frames],
+        **media.meta,
+        "media_sha256": media.sha256,
+    }
+
+
+def _process_media(task: tuple[tuple[str, str], str, FrameOptions]) -> _Media:
+    """Worker: hash and decode one media file, encode its frames. Never raises on bad media."""
+    key, path, opts = task
+    try:
+        sha = sha256_file(path)
+    except OSError as exc:
+        return _Media(key, None, None, None, f"{path}: cannot read ({exc})")
+    try:
+        decoded = load_image(path, opts) if key[1] == "image" else decode_video(path, opts)
+    except (DecodeError, ValueError) as exc:
+        return _Media(key, sha, None, None, str(exc))
+    return _Media(key, sha, _encode(decoded.frames, opts), _meta(decoded), None)
+
+
+def _meta(d: DecodedVideo) -> dict[str, Any]:
+    return {
+        "fps": d.fps,
+        "num_source_frames": d.num_source_frames,
+        "frame_indices": d.frame_indices,
+        "timestamps": d.timestamps,
+        "decoder": d.decoder,
+        "height": int(d.frames.shape[1]),
+        "width": int(d.frames.shape[2]),
+    }
+
+
+def _encode(frames: np.ndarray, opts: FrameOptions) -> list[bytes]:
+    out = []
+    for frame in frames:
+        buf = io.BytesIO()
+        img = Image.fromarray(frame)
+        if opts.frame_format == "png":
+            img.save(buf, format="PNG", compress_level=1)
+        else:
+            img.save(buf, format="JPEG", quality=opts.jpeg_quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def _ordered_map(fn: Callable[[Any], _Media], items: list[Any], workers: int | None) -> Iterator[_Media]:
+    """Map in worker processes, yielding in input order with a bounded window in flight."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    # forkserver: safe when the caller has threads (Dagster, tqdm monitors), cheap after start.
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        window: deque[Future[_Media]] = deque()
+        it: Iterable[Any] = iter(items)
+        for item in it:
+            window.append(pool.submit(fn, item))
+            if len(window) >= 4 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` with ``staging`` so readers never see a partial dataset."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+__all__ = [
+    "ExtractResult",
+    "FORMAT",
+    "MANIFEST",
+    "dataset_features",
+    "extract_dataset",
+    "fingerprint",
+    "frames_array",
+    "load_frame_dataset",
+]

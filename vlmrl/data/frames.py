@@ -1,0 +1,307 @@
+"""Frame sampling, smart resize and decoding of videos and images.
+
+Sampling follows Qwen2.5-VL / Video-R1 (METHODS.md section 2): ``fps`` frames per second
+of video, clamped to ``[min_frames, max_frames]``, the count rounded down to a multiple
+of the temporal patch (2), indices uniformly spaced over the whole video. An exact
+``num_frames`` overrides the fps rule.
+
+Short videos: when a video has fewer frames than the count asked for, indices repeat
+(uniform spacing with rounding, e.g. a 1-frame video gives ``[0, 0, 0, 0]``) so every
+sample has the same temporal layout; ``DecodedVideo.repeated`` says so.
+
+Decoding uses decord (batched ``get_batch``), falling back to PyAV for containers decord
+cannot open (e.g. AV1 in Matroska). Both return RGB uint8 arrays of shape [T, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PATCH_FACTOR = 28  # Qwen2.5-VL: 14-pixel patches merged 2x2
+TEMPORAL_FACTOR = 2  # Qwen2.5-VL: two frames per temporal patch
+MAX_ASPECT_RATIO = 200
+TRUNCATION_TOLERANCE = 0.9  # readable frames below this share of the declared count: truncated
+
+
+class DecodeError(RuntimeError):
+    """A media file that cannot be decoded; the message names the file and the reasons."""
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """How frames are sampled and sized. Defaults are Video-R1's training settings.
+
+    fps / min_frames / max_frames: the fps sampling rule; num_frames: exact count instead.
+    min_pixels / max_pixels: per-frame pixel bounds for smart resize; total_pixels: an
+    optional budget for the whole clip (the per-frame maximum shrinks to fit it).
+    image_min_pixels / image_max_pixels: the bounds for image samples.
+    frame_format / jpeg_quality: how frames are stored in the dataset.
+    """
+
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 16
+    num_frames: int | None = None
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 128 * 28 * 28
+    total_pixels: int | None = None
+    image_min_pixels: int = 4 * 28 * 28
+    image_max_pixels: int = 256 * 28 * 28
+    frame_format: str = "jpeg"
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.fps > 0, "fps must be > 0"),
+            (self.min_frames >= 1, "min_frames must be >= 1"),
+            (self.max_frames >= self.min_frames, "max_frames must be >= min_frames"),
+            (self.num_frames is None or self.num_frames >= 1, "num_frames must be >= 1"),
+            (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
+            (
+                0 < self.image_min_pixels <= self.image_max_pixels,
+                "need 0 < image_min_pixels <= image_max_pixels",
+            ),
+            (self.total_pixels is None or self.total_pixels > 0, "total_pixels must be > 0"),
+            (self.frame_format in ("jpeg", "png"), "frame_format must be 'jpeg' or 'png'"),
+            (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in 1..100"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"FrameOptions: {message} (got {self})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def frame_count(total_frames: int, video_fps: float, opts: FrameOptions) -> int:
+    """How many frames to sample from a video of ``total_frames`` at ``video_fps``."""
+    if opts.num_frames is not None:
+        return opts.num_frames
+    lo = math.ceil(opts.min_frames / TEMPORAL_FACTOR) * TEMPORAL_FACTOR
+    hi = max(lo, (opts.max_frames // TEMPORAL_FACTOR) * TEMPORAL_FACTOR)
+    duration = total_frames / video_fps if video_fps > 0 else 0.0
+    wanted = duration * opts.fps
+    n = min(max(wanted, lo), hi)
+    return max(lo, int(n // TEMPORAL_FACTOR) * TEMPORAL_FACTOR)
+
+
+def sample_indices(total_frames: int, video_fps: float, opts: FrameOptions) -> list[int]:
+    """Uniformly spaced frame indices over ``[0, total_frames - 1]``."""
+    if total_frames < 1:
+        raise ValueError("a video needs at least one frame")
+    n = frame_count(total_frames, video_fps, opts)
+    return [int(i) for i in np.linspace(0, total_frames - 1, n).round().astype(int)]
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    min_pixels: int,
+    max_pixels: int,
+    factor: int = PATCH_FACTOR,
+) -> tuple[int, int]:
+    """Qwen2.5-VL's resize rule: multiples of ``factor``, aspect kept, pixels in bounds."""
+    if height < 1 or width < 1:
+        raise ValueError(f"invalid frame size {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}: cannot resize sanely"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    # The cap is hard (it bounds memory): a side clamped up to one patch, or a minimum
+    # so close to the cap that no grid fits between, is settled by shrinking the long side.
+    while h_bar * w_bar > max_pixels and max(h_bar, w_bar) > factor:
+        if h_bar >= w_bar:
+            h_bar -= factor
+        else:
+            w_bar -= factor
+    return h_bar, w_bar
+
+
+def video_max_pixels(opts: FrameOptions, n_frames: int) -> int:
+    """Per-frame pixel ceiling, shrunk so the whole clip fits ``total_pixels``."""
+    if opts.total_pixels is None:
+        return opts.max_pixels
+    return max(opts.min_pixels, min(opts.max_pixels, opts.total_pixels // max(1, n_frames)))
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize [T, H, W, 3] uint8 frames with bicubic filtering (PIL, as Qwen's utils do)."""
+    if frames.shape[1] == height and frames.shape[2] == width:
+        return frames
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
+        out[i] = np.asarray(img)
+    return out
+
+
+@dataclass
+class DecodedVideo:
+    """Sampled frames and where they came from."""
+
+    frames: np.ndarray  # [T, H, W, 3] uint8, already resized
+    fps: float  # source frame rate
+    num_source_frames: int
+    frame_indices: list[int]
+    timestamps: list[float]  # seconds from the first frame
+    decoder: str  # "decord" | "pyav" | "pil"
+    source_size: tuple[int, int]  # (height, width) before resize
+
+    @property
+    def repeated(self) -> bool:
+        return len(set(self.frame_indices)) < len(self.frame_indices)
+
+
+def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
+    """Decode the sampled frames of a video, decord first, PyAV when decord fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    reasons = []
+    expected = _declared_frames(path)
+    for name, decoder in (("decord", _decode_decord), ("pyav", _decode_pyav)):
+        try:
+            frames, fps, total, indices, stamps = decoder(path, opts)
+        except Exception as exc:  # each backend has its own exception zoo
+            reasons.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
+            continue
+        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+            reasons.append(f"{name}: unexpected frame array shape {frames.shape}")
+            continue
+        if expected and total < TRUNCATION_TOLERANCE * expected - 2:
+            # A truncated file still decodes its first part; sampling that would silently
+            # answer questions about a video we do not have.
+            raise DecodeError(
+                f"{path}: truncated video: the container declares about {expected} frames "
+                f"but only {total} can be read"
+            )
+        src_h, src_w = frames.shape[1], frames.shape[2]
+        h, w = smart_resize(src_h, src_w, opts.min_pixels, video_max_pixels(opts, len(indices)))
+        return DecodedVideo(
+            frames=resize_frames(frames, h, w),
+            fps=float(fps),
+            num_source_frames=int(total),
+            frame_indices=indices,
+            timestamps=stamps,
+            decoder=name,
+            source_size=(src_h, src_w),
+        )
+    raise DecodeError(f"{path}: cannot decode video ({'; '.join(reasons)})")
+
+
+def load_image(path: str | Path, opts: FrameOptions) -> DecodedVideo:
+    """Load an image as a one-frame clip, RGB, smart-resized with the image bounds."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except Exception as exc:
+        raise DecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    h, w = smart_resize(rgb.height, rgb.width, opts.image_min_pixels, opts.image_max_pixels)
+    frame = np.asarray(rgb.resize((w, h), Image.Resampling.BICUBIC) if (h, w) != (rgb.height, rgb.width) else rgb)
+    return DecodedVideo(
+        frames=frame[None].copy(),
+        fps=0.0,
+        num_source_frames=1,
+        frame_indices=[0],
+        timestamps=[0.0],
+        decoder="pil",
+        source_size=(rgb.height, rgb.width),
+    )
+
+
+def _declared_frames(path: Path) -> int | None:
+    """Frame count the container header declares (count, or duration x rate), if any."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.best("video")
+            if stream is None:
+                return None
+            if stream.frames:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if stream.duration and rate:
+                return int(round(float(stream.duration * stream.time_base * rate)))
+            if container.duration and rate:
+                return int(round(container.duration / 1e6 * float(rate)))
+    except Exception:  # unreadable headers are reported by the decoders themselves
+        return None
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else repr(exc)
+
+
+def _decode_decord(path: Path, opts: FrameOptions):
+    import decord
+
+    reader = decord.VideoReader(str(path), num_threads=1)
+    total = len(reader)
+    if total < 1:
+        raise DecodeError("no frames")
+    fps = float(reader.get_avg_fps())
+    indices = sample_indices(total, fps, opts)
+    frames = reader.get_batch(indices).asnumpy()
+    starts = reader.get_frame_timestamp(indices)[:, 0]
+    stamps = [round(float(t - starts.min()) if len(starts) else 0.0, 6) for t in starts]
+    return frames, fps, total, indices, stamps
+
+
+def _decode_pyav(path: Path, opts: FrameOptions):
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.best("video")
+        if stream is None:
+            raise DecodeError("no video stream")
+        # Count frames by demuxing packets (no decoding): container metadata is often 0.
+        total = sum(1 for p in container.demux(stream) if p.size > 0)
+        if total < 1:
+            raise DecodeError("no video packets")
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        indices = sample_indices(total, fps, opts)
+        wanted: dict[int, list[int]] = {}
+        for pos, idx in enumerate(indices):
+            wanted.setdefault(idx, []).append(pos)
+        container.seek(0, stream=stream)
+        frames: list[np.ndarray | None] = [None] * len(indices)
+        stamps = [0.0] * len(indices)
+        first_time = None
+        for i, frame in enumerate(container.decode(stream)):
+            if first_time is None:
+                first_time = frame.time or 0.0
+            if i in wanted:
+                rgb = frame.to_ndarray(format="rgb24")
+                for pos in wanted[i]:
+                    frames[pos] = rgb
+                    stamps[pos] = round(float((frame.time or 0.0) - first_time), 6)
+            if i >= indices[-1]:
+                break
+    missing = [indices[p] for p, f in enumerate(frames) if f is None]
+    if missing:
+        raise DecodeError(f"stream ended before frames {missing[:5]} (counted {total} packets)")
+    return np.stack(frames), fps, total, indices, stamps  # type: ignore[arg-type]
