@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: install run test lint bench clean
+.PHONY: install run ui test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/vlmrl data demo --out $(ARTIFACTS)/demo --max-pixels 12544 --min-pixels 3136 --frame-format png
+	VLMRL_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(BIN)/python -m orchestration.run
+
+ui: install
+	VLMRL_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DAGSTER_DISABLE_TELEMETRY=1 \
