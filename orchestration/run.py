@@ -14,7 +14,6 @@ from dagster import DagsterInstance
 from orchestration.assets.data import BENCHMARKS
 from orchestration.definitions import defs
 
-
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
