@@ -162,3 +162,17 @@ def test_all_rows_rejected_gives_empty_dataset(tmp_path):
     res = extract_dataset(ann, tmp_path / "m", tmp_path / "out", progress=False)
     ds, manifest = load_frame_dataset(tmp_path / "out")
     assert len(ds) == 0 and res.rejected == 1 and MANIFEST == "manifest.json"
+
+
+def test_verify_detects_changed_dataset_file(synth_dir, tmp_path):
+    from vlmrl.data.extract import verify_frame_dataset
+
+    res = extract_dataset(synth_dir / "bench.json", synth_dir, tmp_path / "out", SMALL,
+                          workers=1, progress=False)
+    assert verify_frame_dataset(res.path) == []
+    arrow = next(res.path.glob("data-*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    arrow.write_bytes(bytes(data))
+    problems = verify_frame_dataset(res.path)
+    assert len(problems) == 1 and arrow.name in problems[0] and "changed" in problems[0]

@@ -38,7 +38,7 @@ from vlmrl.data.records import (
     load_annotations,
     resolve_media,
 )
-from vlmrl.hashing import sha256_file, sha256_json
+from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
 
 FORMAT = "vlmrl.frames/1"
 MANIFEST = "manifest.json"
@@ -217,6 +217,8 @@ def extract_dataset(
             "rejected": rejected,
             "media": dict(sorted(media_hashes.items())),
             "fingerprint": fingerprint(loaded, media_hashes, opts),
+            # hashes of the written dataset files, so an audit can tell if they changed
+            "files": sha256_tree(staging),
             "elapsed_s": round(elapsed, 3),
             "frames_per_second": round(n_frames / elapsed, 1) if elapsed > 0 else None,
         }
@@ -247,7 +249,23 @@ def fingerprint(
     )
 
 
-def load_frame_dataset(path: str | os.PathLike[str]):
+def verify_frame_dataset(path: str | os.PathLike[str]) -> list[str]:
+    """Re-hash a frame dataset's files against its manifest; returns the problems found."""
+    path = Path(path)
+    _, manifest = load_frame_dataset(path, open_dataset=False)
+    problems = []
+    current = sha256_tree(path, exclude=(MANIFEST,))
+    for rel, digest in manifest.get("files", {}).items():
+        if rel not in current:
+            problems.append(f"{path / rel}: missing")
+        elif current[rel] != digest:
+            problems.append(f"{path / rel}: content changed since the dataset was built")
+    for rel in sorted(set(current) - set(manifest.get("files", {}))):
+        problems.append(f"{path / rel}: not part of the dataset as built")
+    return problems
+
+
+def load_frame_dataset(path: str | os.PathLike[str], open_dataset: bool = True):
     """Open a frame dataset built by `extract_dataset`; returns (dataset, manifest)."""
     from datasets import load_from_disk
 
@@ -258,7 +276,7 @@ def load_frame_dataset(path: str | os.PathLike[str]):
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: unknown format {manifest.get('format')!r}")
-    return load_from_disk(str(path)), manifest
+    return (load_from_disk(str(path)) if open_dataset else None), manifest
 
 
 def frames_array(row: dict[str, Any]) -> np.ndarray:
@@ -358,4 +376,5 @@ __all__ = [
     "fingerprint",
     "frames_array",
     "load_frame_dataset",
+    "verify_frame_dataset",
 ]
