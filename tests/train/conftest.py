@@ -1,0 +1,111 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def moving_square(direction: str, n: int = 4, size: int = 56) -> list[Image.Image]:
+    """Frames of a white square moving left or right: the answer depends on frame order."""
+    frames = []
+    for t in range(n):
+        frame = np.zeros((size, size, 3), dtype=np.uint8)
+        x = 4 + t * 12 if direction == "right" else size - 16 - t * 12
+        frame[20:32, x : x + 12] = 255
+        frames.append(Image.fromarray(frame))
+    return frames
+
+
+def frame_rows() -> list[dict]:
+    rows = []
+    for i, direction in enumerate(["left", "right", "right", "left"]):
+        letter = "A" if direction == "left" else "B"
+        rows.append(
+            {
+                "problem_id": f"motion-{i}",
+                "problem": "Which way does the square move?",
+                "data_type": "video",
+                "problem_type": "multiple choice",
+                "options": ["A. left", "B. right"],
+                "solution": f"<answer>{letter}</answer>",
+                "path": f"videos/{i}.mp4",
+                "data_source": "synthetic/motion",
+                "process": f"<think>The square starts on one side and moves {direction}.</think>",
+                "frames": moving_square(direction),
+                "fps": 8.0,
+                "frame_indices": [0, 4, 8, 12],
+                "timestamps": [0.0, 0.5, 1.0, 1.5],
+            }
+        )
+    for i, color in enumerate(["red", "green"]):
+        frame = np.zeros((56, 56, 3), dtype=np.uint8)
+        frame[..., 0 if color == "red" else 1] = 200
+        rows.append(
+            {
+                "problem_id": f"color-{i}",
+                "problem": "What color is the image?",
+                "data_type": "image",
+                "problem_type": "multiple choice",
+                "options": ["A. red", "B. green"],
+                "solution": f"<answer>{'A' if color == 'red' else 'B'}</answer>",
+                "path": f"images/{i}.png",
+                "data_source": "synthetic/color",
+                "process": f"<think>The whole image is {color}.</think>",
+                "frames": [Image.fromarray(frame)],
+                "fps": 0.0,
+                "frame_indices": [0],
+                "timestamps": [0.0],
+            }
+        )
+    return rows
+
+
+def make_dataset(rows):
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    features = Features(
+        {
+            "problem_id": Value("string"),
+            "problem": Value("string"),
+            "data_type": Value("string"),
+            "problem_type": Value("string"),
+            "options": List(Value("string")),
+            "solution": Value("string"),
+            "path": Value("string"),
+            "data_source": Value("string"),
+            "process": Value("string"),
+            "frames": List(ImageFeature()),
+            "fps": Value("float32"),
+            "frame_indices": List(Value("int32")),
+            "timestamps": List(Value("float32")),
+        }
+    )
+    return Dataset.from_list(rows, features=features)
+
+
+@pytest.fixture
+def rows():
+    """Fresh frame-dataset rows (4 videos, then 2 images) as plain dicts."""
+    return frame_rows()
+
+
+@pytest.fixture(scope="session")
+def frame_dataset():
+    return make_dataset(frame_rows())
+
+
+@pytest.fixture(scope="session")
+def tiny_rl_model_dir(tmp_path_factory, frame_dataset):
+    from vlmrl.models import TinyModelSpec, build_tiny_model
+    from vlmrl.train.prompts import tokenizer_corpus
+
+    rows = [frame_dataset[i] for i in range(len(frame_dataset))]
+    spec = TinyModelSpec(vocab_size=512)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "model", tokenizer_corpus(rows) * 3, spec, seed=0
+    )

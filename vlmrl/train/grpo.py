@@ -1,0 +1,582 @@
+"""The GRPO-family trainer: TRL's GRPOTrainer with videos in the loss, T-GRPO, Reg-GRPO,
+dynamic sampling and difficulty-aware augmentation.
+
+Why a subclass (TRL 1.16, see METHODS.md "Known gap"): TRL builds the loss-time visual
+inputs only from an `images` column, so for a video prompt the log-prob forward sees bare
+`<|video_pad|>` embeddings with text positions (training runs, silently wrong), and an
+image + video batch crashes. Here every row's visual tensors (images and videos, grids,
+frame rates) are encoded once per rollout, used for generation, kept with the row through
+TRL's shuffle/split, and injected into every log-prob forward (old, reference, policy)
+together with `mm_token_type_ids`, which Qwen2.5-VL needs for its 3D positions.
+
+Overridden TRL hooks and why:
+
+- `_generate_and_score_completions`: builds each row's prompt from the frame-dataset row
+  (`vlmrl.train.prompts.build_prompt`, with augmentation), plans T-GRPO's shuffled-frame
+  rollouts, then after TRL's rollout/scoring attaches the per-row visual tensors and group
+  ids, updates the augmentation state and applies dynamic sampling.
+- `_tokenize_prompts`: encodes prompts (ordered + shuffled) with images, videos and frame
+  rates in one processor call; TRL's version loses video frame rates and has no hook
+  for extra rollouts.
+- `_generate_single_turn`: generates the shuffled-frame rollouts in the same `generate`
+  call as the ordered ones and sets them aside (scored, never trained on).
+- `_calculate_rewards`: adds the group-level shaping terms (temporal bonus from p / p~,
+  length bonus) as reward columns before TRL's group normalisation.
+- `_get_per_token_logps_and_entropies`: the log-prob forward with the rows' visual tensors.
+- `_compute_loss`: selects the rows' visual tensors; Reg-GRPO replaces the clipped loss.
+
+TRL's `_prepare_inputs` is kept: it shuffles and splits the generation batch, and our
+per-row entries (lists and tensors) follow the rows. Group-level losses therefore need
+`steps_per_generation = 1` (checked).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather, gather_object
+from datasets import Dataset
+from transformers import PreTrainedModel, ProcessorMixin
+from trl import GRPOConfig, GRPOTrainer
+
+from vlmrl.models.loading import load_model
+from vlmrl.models.multimodal import collate_visual_rows, encode_chats, mm_token_types
+from vlmrl.models.saving import save_model_dir
+from vlmrl.rewards import get_reward
+from vlmrl.rewards.shaping import length_bonus
+from vlmrl.train.augment import Augmentation, DifficultyAugmenter
+from vlmrl.train.groups import (
+    group_ids,
+    select_informative_groups,
+    select_rows,
+    zero_advantage_groups,
+)
+from vlmrl.train.prompts import build_prompt
+from vlmrl.train.regression import reg_grpo_loss
+from vlmrl.train.rl_config import RLConfig
+from vlmrl.train.temporal import (
+    ShuffledRollout,
+    apply_temporal_bonus,
+    plan_shuffled_rollouts,
+    shuffled_accuracy_table,
+)
+
+TEMPORAL_COLUMN = "temporal_bonus"
+LENGTH_COLUMN = "length_bonus"
+
+
+class ShapingColumn:
+    """A reward "function" that only reserves a column: the trainer fills it per group.
+
+    It returns None (not applicable) so that TRL's per-reward logging and weighting treat
+    the column like any other reward; `_calculate_rewards` writes the real values.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+
+    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        return [None] * len(completions)
+
+
+def _without_media(messages: Any) -> Any:
+    if not isinstance(messages, list):
+        return messages
+    stripped = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [
+                {"type": p["type"]} if p.get("type") in ("image", "video") else p for p in content
+            ]
+            message = {**message, "content": content}
+        stripped.append(message)
+    return stripped
+
+
+def resolve_reward_funcs(
+    specs: Sequence[str | Callable[..., list[float | None]]],
+    params: dict[str, dict[str, Any]] | None = None,
+) -> list[Callable[..., list[float | None]]]:
+    """Registry names (vlmrl.rewards) -> bound reward functions; callables pass through."""
+    params = params or {}
+    return [get_reward(s, **params.get(s, {})) if isinstance(s, str) else s for s in specs]
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """GRPO / T-GRPO / Reg-GRPO on frame datasets mixing images and videos.
+
+    The train dataset is a frame dataset (vlmrl.data): rows with problem, problem_type,
+    options, solution, data_type, frames, ... Prompts are built here, so the dataset needs
+    no `prompt` column. Reward functions receive every dataset column.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        reward_funcs: Sequence[Callable[..., list[float | None]]],
+        args: GRPOConfig,
+        train_dataset: Dataset,
+        processing_class: ProcessorMixin,
+        rl: RLConfig | None = None,
+        eval_dataset: Dataset | None = None,
+        callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        peft_config: Any = None,
+    ) -> None:
+        self.rl = rl or RLConfig()
+        if args.use_vllm:
+            raise NotImplementedError(
+                "the vLLM backend does not carry videos; use transformers generation"
+            )
+        if not isinstance(processing_class, ProcessorMixin):
+            raise TypeError(
+                "VideoGRPOTrainer needs a multimodal processor (e.g. Qwen2_5_VLProcessor)"
+            )
+        reward_funcs = list(reward_funcs)
+        shaping = []
+        if self.rl.temporal_enabled:
+            shaping.append(ShapingColumn(TEMPORAL_COLUMN))
+        if self.rl.length_bonus.enabled:
+            shaping.append(ShapingColumn(LENGTH_COLUMN))
+        if args.reward_weights is not None and len(args.reward_weights) == len(reward_funcs):
+            args.reward_weights = [*args.reward_weights, *([1.0] * len(shaping))]
+        self._forward_visual: list[dict[str, torch.Tensor]] | None = None
+        self.last_prompts: list[list[dict[str, Any]]] = []  # this process's latest prompts
+        self._reset_rollout_state()
+
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs + shaping,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+
+        self._column = {name: i for i, name in enumerate(self.reward_func_names)}
+        self._accuracy_fn = None
+        if self.rl.temporal_enabled or self.rl.length_bonus.enabled:
+            if self.rl.accuracy_reward not in self._column:
+                raise ValueError(
+                    f"accuracy_reward {self.rl.accuracy_reward!r} is not among the reward functions "
+                    f"{self.reward_func_names}; the temporal / length bonuses need it"
+                )
+            self._accuracy_fn = self.reward_funcs[self._column[self.rl.accuracy_reward]]
+            if not callable(self._accuracy_fn) or isinstance(self._accuracy_fn, torch.nn.Module):
+                raise TypeError("the accuracy reward must be a plain (synchronous) function")
+        self._check_group_layout()
+
+        config = self.accelerator.unwrap_model(self.model).config
+        self._image_token_id = getattr(config, "image_token_id", None)
+        self._video_token_id = getattr(config, "video_token_id", None)
+        # A sampled placeholder token would not match any visual features in the loss forward.
+        suppress = set(self.generation_kwargs.get("suppress_tokens") or [])
+        for name in (
+            "image_token_id",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        ):
+            if getattr(config, name, None) is not None:
+                suppress.add(getattr(config, name))
+        self.generation_kwargs["suppress_tokens"] = sorted(suppress)
+        self.generation_config.suppress_tokens = sorted(suppress)
+
+        seed = args.seed + 7919 * self.accelerator.process_index
+        self._shuffle_generator = torch.Generator().manual_seed(seed)
+        self._augmenter = (
+            DifficultyAugmenter(self.rl.augment, seed) if self.rl.augment.enabled else None
+        )
+
+    # ------------------------------------------------------------------ set-up checks
+
+    def _check_group_layout(self) -> None:
+        group_level = (
+            self.rl.temporal_enabled or self.rl.augment.enabled or self.rl.uses_groups_in_loss
+        )
+        local_rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        if group_level and local_rows % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size * steps_per_generation ({local_rows}) must be a multiple of "
+                f"num_generations ({self.num_generations}) so that each prompt group stays on one device"
+            )
+        if self.rl.uses_groups_in_loss and self.args.steps_per_generation != 1:
+            raise ValueError(
+                "Reg-GRPO and dynamic sampling need whole prompt groups in each loss call: set "
+                "steps_per_generation = 1 (TRL splits a shuffled generation batch otherwise)"
+            )
+
+    def _reset_rollout_state(self) -> None:
+        self._rollout_visual: list[dict[str, torch.Tensor]] = []
+        self._shuffle_plan: list[ShuffledRollout] = []
+        self._extra_prompts: list[list[dict[str, Any]]] = []
+        self._extra_prompt_ids: list[list[int]] = []
+        self._extra_completion_ids: list[list[int]] = []
+        self._last_rewards: torch.Tensor | None = None
+
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    def _log(self, name: str, value: float) -> None:
+        self._metrics[self._mode()][name].append(float(value))
+
+    # ------------------------------------------------------------------ rollout
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        train = self._mode() == "train"
+        group_size = self.num_generations if train else self.num_generations_eval
+        self._reset_rollout_state()
+        rows = [dict(row) for row in inputs]
+        augmentations = (
+            self._plan_augmentations(rows, group_size) if train else [Augmentation()] * len(rows)
+        )
+        for row, aug in zip(rows, augmentations, strict=True):
+            row["prompt"] = build_prompt(row, self.rl.prompt, frames=aug.frames, hint=aug.hint)
+        if train and self.rl.temporal_enabled:
+            self._shuffle_plan = plan_shuffled_rollouts(
+                rows, group_size, self.rl.num_shuffled, self._shuffle_generator
+            )
+            self._extra_prompts = [
+                self._shuffled_prompt(rows[r.row], augmentations[r.row], r.order)
+                for r in self._shuffle_plan
+            ]
+
+        try:
+            output = super()._generate_and_score_completions(rows)
+        finally:
+            self._forward_visual = None
+
+        self.last_prompts = [row["prompt"] for row in rows]
+        self._strip_logged_media()
+        output["visual_rows"] = self._rollout_visual
+        if len(rows) % group_size == 0:
+            output["group_ids"] = group_ids(len(rows), group_size, self.accelerator.device)
+        else:  # eval batches may cut groups; each row is then its own group
+            output["group_ids"] = torch.arange(len(rows), device=self.accelerator.device)
+        if train and self._augmenter is not None:
+            self._update_augmenter(rows, group_size)
+        if train and self.rl.dynamic_sampling:
+            output = self._drop_zero_advantage_groups(output, group_size)
+        return output
+
+    def _strip_logged_media(self) -> None:
+        # TRL keeps the last prompts for its completion tables; frames make them heavy and
+        # unserialisable (TRL strips images only), so keep the structure without pixels.
+        logged = self._logs["prompt"]
+        for i in range(len(logged)):
+            logged[i] = _without_media(logged[i])
+
+    def _shuffled_prompt(
+        self, row: dict[str, Any], aug: Augmentation, order: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        frames = aug.frames if aug.frames is not None else row["frames"]
+        return build_prompt(row, self.rl.prompt, frames=[frames[i] for i in order], hint=aug.hint)
+
+    def _tokenize_prompts(self, prompts: list) -> tuple[list[list[int]], None, dict[str, Any]]:
+        # Ordered and shuffled prompts are encoded together; only the ordered ones are
+        # returned to TRL, the shuffled ids wait for `_generate_single_turn`.
+        encoded = encode_chats(
+            self.processing_class,
+            list(prompts) + self._extra_prompts,
+            True,
+            **self.chat_template_kwargs,
+        )
+        ids = encoded.token_lists()
+        n = len(prompts)
+        self._extra_prompt_ids = ids[n:]
+        visual_rows = encoded.visual_rows()
+        self._rollout_visual = visual_rows[:n]
+        # TRL computes the old / reference log-probs right after generation, on these rows.
+        self._forward_visual = self._rollout_visual
+        fields: dict[str, Any] = dict(encoded.visual)
+        fields["mm_token_type_ids"] = encoded.mm_type_lists()  # TRL left-pads per-token lists
+        return ids[:n], None, fields
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        n = len(prompt_ids)
+        completion_ids, logprobs = super()._generate_single_turn(
+            list(prompt_ids) + self._extra_prompt_ids,
+            images,
+            multimodal_fields,
+            num_generations,
+            has_tool_images,
+        )
+        self._extra_completion_ids = completion_ids[n:]
+        return completion_ids[:n], (None if logprobs is None else logprobs[:n])
+
+    # ------------------------------------------------------------------ rewards
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._mode() == "train":
+            group_size = self.num_generations
+            if TEMPORAL_COLUMN in self._column:
+                self._add_temporal_bonus(rewards, inputs, group_size)
+            if LENGTH_COLUMN in self._column:
+                self._add_length_bonus(rewards, completion_ids_list, group_size)
+        weights = self.reward_weights.to(rewards.device)
+        self._last_rewards = (rewards * weights).nansum(dim=1)
+        return rewards
+
+    def _shuffled_accuracies(self, inputs: list[dict[str, Any]]) -> list[float | None]:
+        if not self._shuffle_plan:
+            return []
+        texts = self.processing_class.batch_decode(
+            self._extra_completion_ids, skip_special_tokens=True
+        )
+        completions = [[{"role": "assistant", "content": text}] for text in texts]
+        rows = [inputs[r.row] for r in self._shuffle_plan]
+        skip = ("prompt", "completion", "completion_ids")
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in skip}
+        return self._accuracy_fn(
+            prompts=self._extra_prompts,
+            completions=completions,
+            completion_ids=self._extra_completion_ids,
+            trainer_state=self.state,
+            **columns,
+        )
+
+    def _add_temporal_bonus(
+        self, rewards: torch.Tensor, inputs: list[dict[str, Any]], group_size: int
+    ) -> None:
+        local_groups = len(inputs) // group_size
+        table = shuffled_accuracy_table(
+            self._shuffle_plan,
+            self._shuffled_accuracies(inputs),
+            local_groups,
+            self.rl.num_shuffled,
+        )
+        table = gather(table.to(rewards.device)).cpu()  # all processes' groups, in row order
+        cfg = self.rl.temporal
+        stats = apply_temporal_bonus(
+            rewards[:, self._column[self.rl.accuracy_reward]],
+            table,
+            group_size,
+            cfg.alpha,
+            cfg.mu,
+            cfg.correct_threshold,
+        )
+        rewards[:, self._column[TEMPORAL_COLUMN]] = stats.bonus.to(rewards.device)
+        if stats.p:
+            self._log("temporal/p", sum(stats.p) / len(stats.p))
+            self._log("temporal/p_shuffled", sum(stats.p_shuffled) / len(stats.p_shuffled))
+            self._log("temporal/condition_fraction", sum(stats.applied) / len(stats.applied))
+            self._log("temporal/bonus_group_fraction", sum(stats.rewarded) / len(stats.rewarded))
+        self._log("temporal/video_groups", len(stats.p))
+
+    def _add_length_bonus(
+        self, rewards: torch.Tensor, completion_ids_list, group_size: int
+    ) -> None:
+        lengths = torch.tensor([len(ids) for ids in completion_ids_list], device=rewards.device)
+        lengths = gather(lengths).view(-1, group_size).tolist()
+        accuracy = torch.nan_to_num(rewards[:, self._column[self.rl.accuracy_reward]], nan=0.0)
+        cfg = self.rl.length_bonus
+        bonus = [
+            length_bonus(
+                acc, n, cfg.l_min, cfg.l_max, cfg.omega, cfg.min_correct, cfg.correct_threshold
+            )
+            for acc, n in zip(accuracy.view(-1, group_size).tolist(), lengths, strict=True)
+        ]
+        rewards[:, self._column[LENGTH_COLUMN]] = torch.tensor(bonus, device=rewards.device).view(
+            -1
+        )
+
+    # ------------------------------------------------------------------ augmentation, sampling
+
+    def _plan_augmentations(
+        self, rows: list[dict[str, Any]], group_size: int
+    ) -> list[Augmentation]:
+        if self._augmenter is None:
+            return [Augmentation()] * len(rows)
+        plans: list[Augmentation] = []
+        for start in range(0, len(rows), group_size):
+            aug = self._augmenter.augmentation(
+                rows[start]
+            )  # one draw per group: same noise for all G
+            plans.extend([aug] * len(rows[start : start + group_size]))
+        kinds = [plans[i].kind for i in range(0, len(plans), group_size)]
+        self._log("augment/hint_fraction", kinds.count("hint") / len(kinds))
+        self._log("augment/perturb_fraction", kinds.count("perturb") / len(kinds))
+        return plans
+
+    def _update_augmenter(self, rows: list[dict[str, Any]], group_size: int) -> None:
+        problem_ids = gather_object(
+            [rows[i]["problem_id"] for i in range(0, len(rows), group_size)]
+        )
+        group_rewards = self._last_rewards.view(-1, group_size).tolist()
+        deltas = self._augmenter.update(problem_ids, group_rewards)
+        self._log("augment/mean_abs_dR", sum(abs(d) for d in deltas) / max(len(deltas), 1))
+        self._log("augment/buffer_mean", self._augmenter.buffer.mean())
+
+    def _drop_zero_advantage_groups(
+        self, output: dict[str, Any], group_size: int
+    ) -> dict[str, Any]:
+        zero = zero_advantage_groups(output["advantages"], group_size)
+        keep = select_informative_groups(zero, int(self.accelerator.gather((~zero).sum()).max()))
+        self._log(
+            "dynamic_sampling/kept_group_fraction",
+            self.accelerator.gather((~zero).float().mean()).mean().item(),
+        )
+        if not keep.all():
+            output = select_rows(output, keep.repeat_interleave(group_size))
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        output["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        return output
+
+    # ------------------------------------------------------------------ loss
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **image_kwargs,
+    ):
+        """TRL's chunked log-prob forward, with each row's images / videos and modality map."""
+        rows = self._forward_visual
+        if rows is None or len(rows) != input_ids.size(0):
+            raise RuntimeError("log-prob forward without the rows' visual inputs (internal error)")
+        batch_size = batch_size or input_ids.size(0)
+        prompt_length = input_ids.size(1) - logits_to_keep
+        all_logps, all_entropies, all_aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            types = mm_token_types(ids, self._image_token_id, self._video_token_id)
+            types[:, prompt_length:] = 0  # completions are text (visual tokens are suppressed)
+            model_inputs = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "mm_token_type_ids": types,
+                **collate_visual_rows(rows[start:end], ids.device),
+            }
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                all_aux.append(outputs.aux_loss)
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        aux_loss = torch.stack(all_aux).mean() if compute_aux_loss else None
+        return logps, entropies, aux_loss
+
+    def _compute_loss(self, model, inputs):
+        self._forward_visual = inputs["visual_rows"]
+        try:
+            if self.rl.algorithm == "reg_grpo":
+                return self._regression_loss(model, inputs)
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._forward_visual = None
+
+    def _regression_loss(self, model, inputs):
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = (
+            completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        )
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+        )
+        old = inputs.get("old_per_token_logps")
+        result = reg_grpo_loss(
+            per_token_logps,
+            per_token_logps.detach() if old is None else old,
+            inputs["advantages"],
+            mask,
+            inputs["group_ids"],
+            eps=self.rl.regression.eps,
+            reduction=self.rl.regression.sequence_logprob,
+            beta=self.beta,
+            ref_per_token_logps=inputs.get("ref_per_token_logps"),
+        )
+        mode = self._mode()
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = result.loss / normalizer
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+        gathered = self.accelerator.gather
+        mask_f = mask.float()
+        token_entropy = (entropies * mask_f).sum() / mask_f.sum().clamp(min=1.0)
+        self._log("entropy", gathered(token_entropy.detach()).mean().item())
+        self._log(
+            "reg/predicted_advantage_abs",
+            gathered(result.predicted_advantages.abs().mean().detach()).mean().item(),
+        )
+        if result.kl is not None:
+            self._log("kl", gathered(result.kl.detach()).mean().item())
+        return loss
+
+
+def build_grpo_trainer(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    config: RLConfig | None = None,
+    reward_funcs: Sequence[str | Callable[..., list[float | None]]] | None = None,
+    eval_dataset: Dataset | None = None,
+    callbacks: list[Any] | None = None,
+) -> VideoGRPOTrainer:
+    """A VideoGRPOTrainer from an RLConfig; `reward_funcs` overrides config.reward_funcs."""
+    config = config or RLConfig()
+    funcs = resolve_reward_funcs(
+        reward_funcs if reward_funcs is not None else config.reward_funcs, config.reward_params
+    )
+    return VideoGRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=config.to_trl(output_dir),
+        train_dataset=train_dataset,
+        processing_class=processor,
+        rl=config,
+        eval_dataset=eval_dataset,
+        callbacks=callbacks,
+    )
+
+
+def run_grpo(
+    model_dir: str | os.PathLike,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    config: RLConfig | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """RL-train the checkpoint in `model_dir`; the result is saved to `output_dir/final`."""
+    config = config or RLConfig()
+    loaded = load_model(model_dir, dtype="float32")
+    trainer = build_grpo_trainer(
+        loaded.model, loaded.processor, train_dataset, output_dir, config, callbacks=callbacks
+    )
+    trainer.train()
+    return save_model_dir(
+        trainer.model, loaded.processor, Path(output_dir) / "final", overwrite=True
+    )

@@ -1,0 +1,246 @@
+"""Configuration of the GRPO-family trainer: plain dataclasses a YAML recipe can populate.
+
+`RLConfig.algorithm` picks the method; the sub-configs tune its parts:
+
+- "grpo":     TRL's GRPO with any of its loss variants (`loss_type`: grpo, bnpo, dr_grpo,
+              dapo, cispo, sapo, luspo, vespo; `scale_rewards`; `epsilon_high`; `beta`;
+              `mask_truncated_completions`; `importance_sampling_level`), passed through.
+- "t_grpo":   GRPO + Video-R1's temporal reward (see `TemporalConfig`).
+- "reg_grpo": DeepVideo-R1's regression loss in place of the clipped surrogate (see
+              `RegressionConfig`); combine with `augment` for the full DeepVideo-R1 method.
+
+Independent switches: `dynamic_sampling` (DAPO: drop groups whose advantages are all zero
+from the loss batch, logged as dynamic_sampling/kept_group_fraction; with several
+processes, each keeps as many groups as the process with the most informative ones,
+padding with zero-advantage groups, because TRL's loss metrics gather equal shapes),
+`length_bonus` (Video-R1), `augment` (DeepVideo-R1's difficulty-aware augmentation), and
+`temporal.enabled` to add the temporal reward to any algorithm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig
+
+from vlmrl.train.prompts import PromptConfig
+
+ALGORITHMS = ("grpo", "t_grpo", "reg_grpo")
+
+
+@dataclass
+class TemporalConfig:
+    """T-GRPO (Video-R1): contrast ordered and shuffled-frame rollouts per video prompt.
+
+    For each video prompt group, `num_shuffled` (G~) extra completions are sampled on the
+    same question with the frames in one random non-identity order, in the same
+    generation call as the G ordered completions. p / p~ are the mean accuracies of the
+    ordered / shuffled completions of that group; if p >= mu * p~, each ordered completion
+    with accuracy > correct_threshold gets +alpha. Shuffled completions are scored, never
+    trained on; image prompts are untouched.
+
+    enabled: None follows the algorithm ("t_grpo" -> on); True/False forces it.
+    num_shuffled: G~; None means G // 2 (Video-R1: G = 8, G~ = 4).
+    """
+
+    enabled: bool | None = None
+    num_shuffled: int | None = None
+    alpha: float = 0.3
+    mu: float = 1.0
+    correct_threshold: float = 0.1
+
+
+@dataclass
+class LengthBonusConfig:
+    """Video-R1 length reward: when >= min_correct completions of a group are correct
+    (accuracy > correct_threshold), each correct one with l_min <= tokens <= l_max gets +omega."""
+
+    enabled: bool = False
+    l_min: int = 320
+    l_max: int = 512
+    omega: float = 0.2
+    min_correct: int = 2
+    correct_threshold: float = 0.1
+
+
+@dataclass
+class RegressionConfig:
+    """Reg-GRPO (DeepVideo-R1): L = mean_i (A_i - A^theta_i)^2 + beta * KL.
+
+    rho_i = log pi_theta(o_i|q) - log pi_old(o_i|q) per sequence, A^theta_i = (rho_i -
+    mean_group rho) / sqrt(var_group rho + eps). The paper leaves two choices open:
+
+    sequence_logprob: "sum" of token log-probs or length-normalised "mean".
+    eps: variance floor. At an on-policy step rho = 0 (pi_theta = pi_old), so std(rho) = 0;
+        sqrt(var + eps) keeps the loss and its gradient finite. It also sets the gradient
+        scale there: d A^theta / d rho = 1 / sqrt(eps), so with num_iterations = 1 the update
+        is a group-centred policy gradient scaled by 2 / sqrt(eps) (Adam normalises the
+        scale; max_grad_norm bounds it).
+    """
+
+    sequence_logprob: str = "mean"
+    eps: float = 1e-4
+
+
+@dataclass
+class AugmentConfig:
+    """DeepVideo-R1 difficulty-aware augmentation, as a per-prompt controller.
+
+    A replay buffer keeps the last `window` rewards (all completions, all processes). When
+    a prompt's group has been scored, dR = mean(buffer) - mean(group rewards): > 0 means too
+    hard, < 0 too easy. Each prompt keeps a level in [-1, 1] that accumulates dR
+    (level += gain * dR, clipped), so the augmentation that made a prompt balanced stays on
+    while it is balanced. The level is applied the next time the prompt is drawn (its
+    difficulty is only known after its group is scored):
+
+    - level > 0 (too hard): a hint, the first `max_hint_fraction * level` of the words of the
+      row's CoT `process`, is appended to the question (longer for larger dR).
+    - level < 0 (too easy): Gaussian noise of std `max_noise_std * |level|` (fraction of the
+      pixel range) on every frame, and, for videos, each frame is blacked out with
+      probability `max_mask_prob * |level|` (at least one frame is kept).
+
+    |dR| < dead_zone leaves the level unchanged; nothing happens until the buffer holds
+    `min_history` rewards.
+    """
+
+    enabled: bool = False
+    window: int = 100
+    gain: float = 1.0
+    dead_zone: float = 0.05
+    min_history: int = 8
+    max_hint_fraction: float = 0.75
+    max_noise_std: float = 0.3
+    max_mask_prob: float = 0.5
+
+
+@dataclass
+class RLConfig:
+    """GRPO-family RL hyper-parameters (defaults: Video-R1's T-GRPO recipe, 7B scale).
+
+    Sampling: num_generations (G), max_completion_length, temperature, top_p.
+    Optimisation: learning_rate, lr_scheduler_type, warmup_steps, weight_decay,
+        max_grad_norm, per_device_train_batch_size (completions per device and step; a
+        multiple of G keeps groups on one device, which the group-level features need),
+        gradient_accumulation_steps, num_train_epochs / max_steps, num_iterations.
+    Loss (TRL): loss_type, scale_rewards, epsilon, epsilon_high, beta,
+        mask_truncated_completions, importance_sampling_level.
+    Rewards: reward_funcs (registry names from vlmrl.rewards, or callables),
+        reward_params (per-name bound parameters), reward_weights (per reward function,
+        shaping terms excluded), accuracy_reward (the reward whose value is "accuracy" for
+        the temporal / length shaping).
+    trainer_kwargs: any other GRPOConfig field, passed through unchanged.
+    """
+
+    algorithm: str = "t_grpo"
+    num_generations: int = 8
+    max_completion_length: int = 768
+    temperature: float = 1.0
+    top_p: float = 0.95
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 5.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    num_iterations: int = 1
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.04
+    mask_truncated_completions: bool = False
+    importance_sampling_level: str = "token"
+    dynamic_sampling: bool = False
+    reward_funcs: list[Any] = field(default_factory=lambda: ["accuracy", "format"])
+    reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reward_weights: list[float] | None = None
+    accuracy_reward: str = "accuracy"
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    length_bonus: LengthBonusConfig = field(default_factory=LengthBonusConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_strategy: str = "no"
+    report_to: str | list[str] = "none"
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.regression.sequence_logprob not in ("sum", "mean"):
+            raise ValueError("regression.sequence_logprob must be 'sum' or 'mean'")
+        if self.regression.eps <= 0:
+            raise ValueError("regression.eps must be > 0")
+        if self.algorithm == "reg_grpo" and self.scale_rewards != "group":
+            # A^theta is standardised within each group, so the target must be too.
+            raise ValueError(
+                "reg_grpo regresses group-standardised advantages: use scale_rewards='group'"
+            )
+        if self.temporal_enabled and self.num_shuffled < 1:
+            raise ValueError("T-GRPO needs num_shuffled >= 1")
+
+    @property
+    def temporal_enabled(self) -> bool:
+        if self.temporal.enabled is None:
+            return self.algorithm == "t_grpo"
+        return self.temporal.enabled
+
+    @property
+    def num_shuffled(self) -> int:
+        g = self.temporal.num_shuffled
+        return self.num_generations // 2 if g is None else g
+
+    @property
+    def uses_groups_in_loss(self) -> bool:
+        """Features that need a whole prompt group in one loss call (steps_per_generation = 1)."""
+        return self.algorithm == "reg_grpo" or self.dynamic_sampling
+
+    def to_trl(self, output_dir: str | os.PathLike) -> GRPOConfig:
+        kwargs = dict(
+            output_dir=str(output_dir),
+            num_generations=self.num_generations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            num_iterations=self.num_iterations,
+            loss_type=self.loss_type,
+            scale_rewards=self.scale_rewards,
+            epsilon=self.epsilon,
+            epsilon_high=self.epsilon_high,
+            beta=self.beta,
+            mask_truncated_completions=self.mask_truncated_completions,
+            importance_sampling_level=self.importance_sampling_level,
+            reward_weights=self.reward_weights,
+            seed=self.seed,
+            bf16=self.bf16,
+            activation_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+            save_strategy=self.save_strategy,
+            report_to=self.report_to,
+            # Rows keep every dataset column: prompts are built from them, rewards read them.
+            remove_unused_columns=False,
+        )
+        if self.uses_groups_in_loss:
+            # TRL shuffles a generation batch and splits it into steps_per_generation
+            # chunks, which would cut prompt groups apart.
+            kwargs["steps_per_generation"] = 1
+        kwargs.update(self.trainer_kwargs)
+        return GRPOConfig(**kwargs)

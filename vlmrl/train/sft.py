@@ -1,0 +1,212 @@
+"""Supervised fine-tuning on a frame dataset with chain-of-thought targets (TRL SFTTrainer).
+
+Each row becomes a conversational prompt/completion pair: the prompt is `build_prompt(row)`
+(frames inline, images and videos mixed freely in one run), the completion is the row's
+CoT (`process`) followed by its `solution`. Only completion tokens carry loss (the
+Video-R1 reference trains on the prompt too; we do not). Frames come from the dataset, so
+nothing is decoded during training.
+
+TRL 1.16's vision collator passes only images to the processor for prompt/completion data,
+so a video prompt fails there; `VisionSFTCollator` is our replacement: it encodes prompts
+with their images and videos in one processor call (video frame rates included, so
+M-RoPE time positions are right), appends the completion tokens and masks the prompt.
+It never truncates: visual tokens cannot be cut.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, ProcessorMixin
+from trl import SFTConfig, SFTTrainer
+
+from vlmrl.models.loading import load_model
+from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
+from vlmrl.models.saving import save_model_dir
+from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
+
+
+@dataclass
+class SFTTrainConfig:
+    """SFT hyper-parameters (defaults: Video-R1's SFT stage, scaled by the recipe).
+
+    learning_rate, num_train_epochs, max_steps (-1: epochs decide), per_device_train_batch_size,
+    gradient_accumulation_steps (Video-R1: effective batch 8), lr_scheduler_type,
+    warmup_steps (int steps, or a float in [0, 1): a ratio), weight_decay, max_grad_norm,
+    seed: as in transformers.TrainingArguments.
+    bf16: mixed precision (needs a GPU that supports it). gradient_checkpointing: trade
+    compute for memory. logging_steps, save_strategy, report_to: logging / checkpoints.
+    require_process: drop rows without a CoT trace (a Video-R1 SFT set has one everywhere).
+    prompt: how rows become prompts (shared with RL and evaluation).
+    trainer_kwargs: any other SFTConfig field, passed through unchanged.
+    """
+
+    learning_rate: float = 1e-6
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_strategy: str = "no"
+    report_to: str | list[str] = "none"
+    require_process: bool = False
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_trl(self, output_dir: str | os.PathLike) -> SFTConfig:
+        return SFTConfig(
+            output_dir=str(output_dir),
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            seed=self.seed,
+            bf16=self.bf16,
+            activation_checkpointing=self.gradient_checkpointing,
+            logging_steps=self.logging_steps,
+            save_strategy=self.save_strategy,
+            report_to=self.report_to,
+            # Our collator reads the raw columns; the vision path skips TRL's tokenisation.
+            remove_unused_columns=False,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            max_length=None,  # never truncate through visual tokens
+            completion_only_loss=True,
+            **self.trainer_kwargs,
+        )
+
+
+def sft_example(row: Mapping[str, Any], prompt: PromptConfig | None = None) -> dict[str, Any]:
+    """A frame-dataset row as a conversational prompt/completion example.
+
+    `images` is there for TRL: its presence marks the dataset as a vision dataset (the
+    frames themselves travel inside the prompt's content parts).
+    """
+    messages = build_prompt(row, prompt)
+    completion = [{"role": "assistant", "content": [{"type": "text", "text": sft_target(row)}]}]
+    images = [row["frames"][0]] if row["data_type"] == "image" else []
+    return {"prompt": messages, "completion": completion, "images": images}
+
+
+def sft_dataset(
+    frames: Dataset, prompt: PromptConfig | None = None, require_process: bool = False
+) -> Dataset:
+    """The frame dataset viewed (lazily, no copy) as SFT prompt/completion examples."""
+    if require_process:
+        frames = frames.filter(lambda p: bool(p and p.strip()), input_columns="process")
+    if len(frames) == 0:
+        raise ValueError("no SFT rows left (require_process drops rows without a CoT trace)")
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        n = len(next(iter(batch.values())))
+        examples = [sft_example({k: v[i] for k, v in batch.items()}, prompt) for i in range(n)]
+        return {k: [ex[k] for ex in examples] for k in ("prompt", "completion", "images")}
+
+    return frames.with_transform(transform)
+
+
+@dataclass
+class VisionSFTCollator:
+    """Prompt/completion batches with images and videos; labels are -100 on the prompt."""
+
+    processor: ProcessorMixin
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [ex["prompt"] for ex in examples]
+        prompt_texts = render_chats(self.processor, prompts, add_generation_prompt=True)
+        full_texts = render_chats(
+            self.processor,
+            [ex["prompt"] + ex["completion"] for ex in examples],
+            add_generation_prompt=False,
+        )
+        completion_texts = []
+        for prompt_text, full_text in zip(prompt_texts, full_texts, strict=True):
+            if not full_text.startswith(prompt_text):
+                raise ValueError(
+                    "chat template renders the prompt differently inside the full conversation"
+                )
+            completion_texts.append(full_text[len(prompt_text) :])
+
+        encoded = encode_texts(self.processor, prompt_texts, [chat_media(p) for p in prompts])
+        tokenizer = self.processor.tokenizer
+        completion_ids = tokenizer(completion_texts, add_special_tokens=False)["input_ids"]
+        prompt_ids = encoded.token_lists()
+        prompt_types = encoded.mm_type_lists()
+
+        rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        batch = len(rows)
+        input_ids = torch.full((batch, width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        mm_types = torch.zeros((batch, width), dtype=torch.long)
+        for i, (p, c, t) in enumerate(zip(prompt_ids, completion_ids, prompt_types, strict=True)):
+            n = len(p) + len(c)
+            input_ids[i, :n] = torch.tensor(p + c)
+            attention_mask[i, :n] = 1
+            labels[i, len(p) : n] = torch.tensor(c)
+            mm_types[i, : len(p)] = torch.tensor(t)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "mm_token_type_ids": mm_types,
+            **encoded.visual,
+        }
+
+
+def build_sft_trainer(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    config: SFTTrainConfig | None = None,
+    callbacks: list[Any] | None = None,
+) -> SFTTrainer:
+    """A TRL SFTTrainer wired for frame datasets (prompt masking, images + videos)."""
+    config = config or SFTTrainConfig()
+    return SFTTrainer(
+        model=model,
+        args=config.to_trl(output_dir),
+        train_dataset=sft_dataset(train_dataset, config.prompt, config.require_process),
+        processing_class=processor,
+        data_collator=VisionSFTCollator(processor),
+        callbacks=callbacks,
+    )
+
+
+def run_sft(
+    model_dir: str | os.PathLike,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    config: SFTTrainConfig | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """Fine-tune the checkpoint in `model_dir` and save the result to `output_dir/final`."""
+    config = config or SFTTrainConfig()
+    loaded = load_model(model_dir, dtype="float32")
+    trainer = build_sft_trainer(
+        loaded.model, loaded.processor, train_dataset, output_dir, config, callbacks
+    )
+    trainer.train()
+    return save_model_dir(
+        trainer.model, loaded.processor, Path(output_dir) / "final", overwrite=True
+    )
