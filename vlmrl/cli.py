@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None)
     _frame_args(demo)
     demo.set_defaults(func=cmd_demo_data)
+
+    from vlmrl.eval.commands import add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 
