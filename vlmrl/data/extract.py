@@ -16,8 +16,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from vlmrl.atomic import atomic_directory
 from vlmrl.data.frames import DecodedVideo, DecodeError, FrameOptions, decode_video, load_image
 from vlmrl.data.records import (
     LoadedAnnotations,
@@ -147,10 +146,7 @@ def extract_dataset(
         refcount[key] = refcount.get(key, 0) + 1
     ordered = [(key, tasks[key]) for key in refcount]  # first-appearance order
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+    with atomic_directory(out, overwrite=overwrite) as staging:
         arrow_tmp = staging / "rows.arrow"
         media_hashes: dict[str, str] = {}
         n_frames = 0
@@ -223,10 +219,6 @@ def extract_dataset(
             "frames_per_second": round(n_frames / elapsed, 1) if elapsed > 0 else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExtractResult(path=out, manifest=manifest)
 
 
@@ -354,17 +346,6 @@ def _ordered_map(fn: Callable[[Any], _Media], items: list[Any], workers: int | N
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` with ``staging`` so readers never see a partial dataset."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 __all__ = [
