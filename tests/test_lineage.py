@@ -76,3 +76,21 @@ def test_replaced_parent_detected(chain):
 def test_not_a_checkpoint(tmp_path):
     report = audit(tmp_path)
     assert not report.ok and "no lineage.json" in report.problems[0]
+
+
+def test_lineage_cli_by_path_and_asset_key(chain, tmp_path, capsys):
+    from vlmrl.cli import main
+    from vlmrl.lineage import record_asset
+
+    assert main(["lineage", str(chain["sft"]), "--artifacts", str(tmp_path)]) == 0
+    assert "lineage OK" in capsys.readouterr().out
+    record_asset(tmp_path / "assets.json", "sft_checkpoint", {"path": str(chain["sft"]), "dagster_run_id": "r1"})
+    assert main(["lineage", "sft_checkpoint", "--artifacts", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and [n["kind"] for n in out["chain"]] == ["sft", "base"]
+    flip(chain["base"] / "model.safetensors")
+    assert main(["lineage", "sft_checkpoint", "--artifacts", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"PROBLEM: {chain['base'] / 'model.safetensors'}: content changed" in out
+    assert main(["lineage", "nope", "--artifacts", str(tmp_path)]) == 2
+    assert "known: ['sft_checkpoint']" in capsys.readouterr().err

@@ -98,6 +98,19 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from vlmrl.lineage import ASSET_INDEX, audit, format_chain, resolve_target
+
+    target = resolve_target(args.target, Path(args.artifacts) / ASSET_INDEX)
+    report = audit(target, check_media=not args.skip_media)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "problems": report.problems,
+                          "chain": [{"path": n.path, **n.manifest} for n in report.chain]}, indent=1))
+    else:
+        print(format_chain(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None)
     _frame_args(demo)
     demo.set_defaults(func=cmd_demo_data)
+
+    lineage = sub.add_parser("lineage", help="print and verify a checkpoint's chain back to its raw inputs")
+    lineage.add_argument("target", help="checkpoint directory or asset key (e.g. rl_checkpoint)")
+    lineage.add_argument("--artifacts", default="artifacts", help="artifact root holding assets.json")
+    lineage.add_argument("--skip-media", action="store_true", help="do not re-hash media files")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.set_defaults(func=cmd_lineage)
 
     from vlmrl.eval.commands import add_eval_commands
 

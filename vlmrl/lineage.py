@@ -28,6 +28,7 @@ from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
 
 LINEAGE = "lineage.json"
 FORMAT = "vlmrl.lineage/1"
+ASSET_INDEX = "assets.json"  # written by the orchestration layer under the artifact root
 
 
 def code_version() -> dict[str, Any]:
@@ -239,3 +240,31 @@ def format_chain(report: AuditReport) -> str:
     lines.append("lineage OK: every recorded file re-hashed and matched" if report.ok
                  else f"lineage FAILED: {len(report.problems)} problem(s)")
     return "\n".join(lines)
+
+
+def record_asset(index: str | os.PathLike[str], key: str, entry: dict[str, Any]) -> None:
+    """Remember where an orchestrated asset's latest materialization lives (by asset key).
+
+    The orchestration layer calls this; `resolve_target` reads it, so the library can audit
+    an asset by name without importing the orchestrator.
+    """
+    path = Path(index)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data[key] = entry
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_target(target: str, index: str | os.PathLike[str]) -> Path:
+    """A checkpoint directory given as a path, or as an asset key found in the asset index."""
+    path = Path(target)
+    if path.exists():
+        return path
+    index = Path(index)
+    known = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    if target in known:
+        return Path(known[target]["path"])
+    raise FileNotFoundError(
+        f"{target!r} is neither a path nor an asset in {index} (known: {sorted(known) or 'none'})"
+    )
