@@ -29,6 +29,7 @@ ui: install
 	VLMRL_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 test: install
+	bash scripts/system-deps.sh  # postgresql + chromium for tests/orchestration (root, Debian)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DAGSTER_DISABLE_TELEMETRY=1 \
 		$(BIN)/python -m pytest -q
 

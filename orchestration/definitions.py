@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from orchestration.assets.data import BENCHMARKS, DATA_ASSETS, DATA_CHECKS, benchmark_frames
+from orchestration.executors import executor_from_env
 from orchestration.resources import ArtifactStore, default_artifact_root
+from orchestration.tracking import MlflowTracker
 
 # The whole pipeline in two jobs: everything unpartitioned, then one run per benchmark.
 pipeline_job = define_asset_job(
@@ -21,7 +23,11 @@ defs = Definitions(
     assets=DATA_ASSETS,
     asset_checks=DATA_CHECKS,
     jobs=[pipeline_job, benchmarks_job],
-    resources={"artifacts": ArtifactStore(root=default_artifact_root())},
-    # Set on Definitions (not only on a job) so UI materializations use it too.
-    executor=in_process_executor,
+    resources={
+        "artifacts": ArtifactStore(root=default_artifact_root()),
+        "tracker": MlflowTracker.from_env(),
+    },
+    # Set on Definitions (not only on a job) so UI materializations and automation use it
+    # too; chosen by VLMRL_EXECUTOR (in-process by default, k8s at scale).
+    executor=executor_from_env(),
 )
