@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmrl.eval.commands import add_eval_commands
 
     add_eval_commands(sub)
+    from vlmrl.train.commands import add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

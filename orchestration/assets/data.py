@@ -1,10 +1,10 @@
 # No `from __future__ import annotations` here: Dagster reads Config annotations at runtime.
-"""Data assets: the synthetic demo media and the frame-extracted datasets.
+"""Data assets: the raw annotations + media and the frame-extracted datasets.
 
 Thin wrappers: each calls one vlmrl function and reports its manifest as metadata, with
-the dataset's content fingerprint as the Dagster data version.
+the content fingerprint as the Dagster data version. The recipe says what the data is
+(the synthetic demo, or annotation files) and how frames are sampled.
 """
-
 
 from typing import Any
 
@@ -12,76 +12,79 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    AssetKey,
     Config,
-    DataVersion,
-    MaterializeResult,
     MetadataValue,
     StaticPartitionsDefinition,
     asset,
     asset_check,
 )
 
-from orchestration.resources import ArtifactStore
+from orchestration.assets.common import log_metrics, result
+from orchestration.resources import ArtifactStore, RecipeResource, default_recipe
+from orchestration.tracking import MlflowTracker
 from vlmrl.data.extract import ExtractResult, extract_dataset, load_frame_dataset
-from vlmrl.data.frames import FrameOptions
-from vlmrl.data.synth import SynthSizes, generate
-from vlmrl.hashing import sha256_json, sha256_tree
+from vlmrl.data.synth import generate
+from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
+from vlmrl.recipes import SYNTHETIC_BENCHMARK, load_recipe
 
-BENCHMARKS = StaticPartitionsDefinition(["synthetic"])
+# Partitions come from the recipe the definitions are loaded with (VLMRL_RECIPE).
+BENCHMARKS = StaticPartitionsDefinition(load_recipe(default_recipe()).benchmark_names())
 MAX_REJECT_RATE = 0.05
 
 
-class SynthConfig(Config):
-    """The embedded demo's data: sizes per split and the seed."""
+class ExtractConfig(Config):
+    """Per-run knobs that do not change the data: worker processes (None: all cores)."""
 
-    seed: int = 0
-    sizes: str = "sft=64,rl=256,bench=128"
-
-
-class FramesConfig(Config):
-    """Frame options (see vlmrl.data.frames.FrameOptions); defaults suit the tiny model."""
-
-    fps: float = 2.0
-    min_frames: int = 4
-    max_frames: int = 16
-    min_pixels: int = 56 * 56
-    max_pixels: int = 112 * 112
-    frame_format: str = "png"
     workers: int | None = None
 
-    def options(self) -> FrameOptions:
-        return FrameOptions(fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames,
-                            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
-                            frame_format=self.frame_format)
+
+def _sources(recipe: Any, artifacts: ArtifactStore) -> dict[str, tuple[str, str]]:
+    """(annotation file, media root) for sft, rl and every benchmark."""
+    d = recipe.data
+    if d.synthetic is not None:
+        raw = artifacts.raw()
+        out = {s: (str(raw / f"{s}.json"), str(raw)) for s in ("sft", "rl")}
+        out[SYNTHETIC_BENCHMARK] = (str(raw / "bench.json"), str(raw))
+    else:
+        out = {s: (src.annotations, src.media_root) for s, src in (("sft", d.sft), ("rl", d.rl)) if src}
+    out.update({name: (src.annotations, src.media_root) for name, src in d.benchmarks.items()})
+    return out
 
 
-@asset(group_name="data", code_version="synth-1", kinds={"python"})
-def synthetic_media(config: SynthConfig, artifacts: ArtifactStore) -> MaterializeResult:
-    """Synthetic temporal video QA: MP4s, PNGs and sft/rl/bench annotation files."""
-    root = artifacts.path("demo", "raw")
-    summary = generate(root, seed=config.seed, sizes=SynthSizes.parse(config.sizes), progress=False)
-    hashes = sha256_tree(root, exclude=("synth_summary.json",))
-    return MaterializeResult(
-        data_version=DataVersion(sha256_json(hashes)[:16]),
-        metadata={
-            "path": MetadataValue.path(str(root)),
-            "files": len(hashes),
-            **{f"{s}_samples": info["samples"] for s, info in summary["splits"].items()},
-        },
-    )
+@asset(group_name="data", code_version="raw-1", kinds={"python"})
+def raw_data(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
+             tracker: MlflowTracker):
+    """Annotations + media the recipe names; the synthetic demo generates them here."""
+    r = recipe.load()
+    with tracker.start_run(context, params=r.to_dict()) as run:
+        if r.data.synthetic is not None:
+            generate(artifacts.raw(), seed=r.data.synthetic.seed, sizes=r.data.synthetic.sizes,
+                     progress=False)
+        files = {name: sha256_file(ann) for name, (ann, _) in _sources(r, artifacts).items()}
+        media = sha256_tree(artifacts.raw(), exclude=("synth_summary.json",)) if r.data.synthetic else {}
+        version = sha256_json({"annotations": files, "media": media})
+        meta = {"annotation_files": len(files), "media_files": len(media)}
+        log_metrics(meta)
+        return result(context, artifacts, artifacts.raw(), version, meta, run)
 
 
-def _report(result: ExtractResult) -> MaterializeResult:
-    m = result.manifest
+def _extract(context: AssetExecutionContext, name: str, split: str, recipe: RecipeResource,
+             artifacts: ArtifactStore, tracker: MlflowTracker, config: ExtractConfig, train: bool):
+    r = recipe.load()
+    ann, root = _sources(r, artifacts)[split]
+    opts = r.frames.train if train else r.frames.eval
+    with tracker.start_run(context, params={"frames": opts.to_dict(), "annotations": ann}) as run:
+        res = extract_dataset(ann, root, artifacts.frames(name), opts, workers=config.workers,
+                              progress=False)
+        meta = _metadata(res)
+        log_metrics({k: v for k, v in meta.items() if isinstance(v, int | float)})
+        return result(context, artifacts, res.path, res.fingerprint, meta, run)
+
+
+def _metadata(res: ExtractResult) -> dict[str, Any]:
+    m = res.manifest
     c = m["counts"]
-    rejected = m["rejected"]
-    table = "\n".join(
-        ["| row | problem_id | field | reason |", "|---|---|---|---|"]
-        + [f"| {r['row']} | {r.get('problem_id')} | {r['field']} | {r['reason'][:120]} |" for r in rejected[:50]]
-    )
     meta: dict[str, Any] = {
-        "path": MetadataValue.path(str(result.path)),
         "fingerprint": m["fingerprint"],
         "kept": c["kept"],
         "rejected": c["rejected"],
@@ -90,61 +93,57 @@ def _report(result: ExtractResult) -> MaterializeResult:
         "frames_per_second": m["frames_per_second"],
         "annotations_sha256": m["annotations"]["sha256"],
     }
-    if rejected:
-        meta["rejected_rows"] = MetadataValue.md(table)
-    return MaterializeResult(data_version=DataVersion(m["fingerprint"][:16]), metadata=meta)
+    if m["rejected"]:
+        meta["rejected_rows"] = MetadataValue.md("\n".join(
+            ["| row | problem_id | field | reason |", "|---|---|---|---|"]
+            + [f"| {r['row']} | {r.get('problem_id')} | {r['field']} | {r['reason'][:120]} |"
+               for r in m["rejected"][:50]]))
+    return meta
 
 
-def _extract(artifacts: ArtifactStore, split: str, out: str, config: FramesConfig) -> MaterializeResult:
-    raw = artifacts.path("demo", "raw")
-    result = extract_dataset(raw / f"{split}.json", raw, artifacts.path("demo", "frames", out),
-                             config.options(), workers=config.workers, progress=False)
-    return _report(result)
+@asset(group_name="data", deps=[raw_data], code_version="frames-1", kinds={"python"})
+def sft_frames(context: AssetExecutionContext, config: ExtractConfig, recipe: RecipeResource,
+               artifacts: ArtifactStore, tracker: MlflowTracker):
+    """Frame-extracted SFT split (with chain-of-thought), decoded once."""
+    return _extract(context, "sft", "sft", recipe, artifacts, tracker, config, train=True)
 
 
-@asset(group_name="data", deps=[synthetic_media], code_version="frames-1", kinds={"python"})
-def sft_frames(config: FramesConfig, artifacts: ArtifactStore) -> MaterializeResult:
-    """Frame-extracted SFT split (with chain-of-thought)."""
-    return _extract(artifacts, "sft", "sft", config)
+@asset(group_name="data", deps=[raw_data], code_version="frames-1", kinds={"python"})
+def rl_frames(context: AssetExecutionContext, config: ExtractConfig, recipe: RecipeResource,
+              artifacts: ArtifactStore, tracker: MlflowTracker):
+    """Frame-extracted RL split (no chain-of-thought), decoded once."""
+    return _extract(context, "rl", "rl", recipe, artifacts, tracker, config, train=True)
 
 
-@asset(group_name="data", deps=[synthetic_media], code_version="frames-1", kinds={"python"})
-def rl_frames(config: FramesConfig, artifacts: ArtifactStore) -> MaterializeResult:
-    """Frame-extracted RL split (no chain-of-thought)."""
-    return _extract(artifacts, "rl", "rl", config)
+@asset(group_name="data", deps=[raw_data], code_version="frames-1", partitions_def=BENCHMARKS,
+       kinds={"python"})
+def benchmark_frames(context: AssetExecutionContext, config: ExtractConfig, recipe: RecipeResource,
+                     artifacts: ArtifactStore, tracker: MlflowTracker):
+    """One frame dataset per benchmark, with the recipe's evaluation frame settings."""
+    bench = context.partition_key
+    return _extract(context, f"bench-{bench}", bench, recipe, artifacts, tracker, config, train=False)
 
 
-@asset(group_name="data", deps=[synthetic_media], code_version="frames-1",
-       partitions_def=BENCHMARKS, kinds={"python"})
-def benchmark_frames(context: AssetExecutionContext, config: FramesConfig,
-                     artifacts: ArtifactStore) -> MaterializeResult:
-    """One frame dataset per benchmark partition."""
-    return _extract(artifacts, "bench", f"bench-{context.partition_key}", config)
-
-
-def _dataset_check(path, key: str) -> AssetCheckResult:
-    _, manifest = load_frame_dataset(path)
+def _usable(artifacts: ArtifactStore, name: str) -> AssetCheckResult:
+    _, manifest = load_frame_dataset(artifacts.frames(name), open_dataset=False)
     c = manifest["counts"]
     rate = c["rejected"] / max(1, c["rows"])
-    ok = c["kept"] > 0 and rate <= MAX_REJECT_RATE
     return AssetCheckResult(
-        passed=ok,
+        passed=c["kept"] > 0 and rate <= MAX_REJECT_RATE,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"kept": c["kept"], "reject_rate": rate, "max_reject_rate": MAX_REJECT_RATE,
-                  "dataset": key},
+        metadata={"kept": c["kept"], "reject_rate": rate, "max_reject_rate": MAX_REJECT_RATE},
     )
 
 
 @asset_check(asset=sft_frames, blocking=True, description="non-empty, reject rate under the threshold")
 def sft_frames_usable(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _dataset_check(artifacts.path("demo", "frames", "sft"), "sft")
+    return _usable(artifacts, "sft")
 
 
 @asset_check(asset=rl_frames, blocking=True, description="non-empty, reject rate under the threshold")
 def rl_frames_usable(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _dataset_check(artifacts.path("demo", "frames", "rl"), "rl")
+    return _usable(artifacts, "rl")
 
 
-DATA_ASSETS = [synthetic_media, sft_frames, rl_frames, benchmark_frames]
+DATA_ASSETS = [raw_data, sft_frames, rl_frames, benchmark_frames]
 DATA_CHECKS = [sft_frames_usable, rl_frames_usable]
-DATA_KEYS = [AssetKey(a.key.path) for a in DATA_ASSETS]

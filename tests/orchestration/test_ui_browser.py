@@ -1,6 +1,6 @@
 """The Dagster UI, in a real browser, shows the pipeline's assets and their metadata.
 
-Materializes the `pipeline` job (tiny sizes) into a temporary instance, serves it with
+Serves the instance in which tests/orchestration/conftest.py materialized the whole graph with
 `dagster-webserver` on 127.0.0.1, and loads pages in headless Debian chromium (installed by
 scripts/system-deps.sh). The UI is a React app: chromium's virtual time budget lets it
 finish its GraphQL fetches before the DOM is dumped. Screenshots are kept under
@@ -31,15 +31,10 @@ from dagster import (
 )
 
 from orchestration.definitions import defs
-from orchestration.resources import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
-RUN_CONFIG = {"ops": {"synthetic_media": {"config": {"sizes": "sft=4,rl=4,bench=4"}},
-                      **{n: {"config": {"workers": 1}} for n in ("sft_frames", "rl_frames")}}}
-# telemetry off; nux off: no "Join the Dagster community" dialog over the screenshots
-INSTANCE_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 
 
 @dataclass
@@ -83,23 +78,16 @@ def stop(server: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory) -> Iterator[UI]:
+def ui(graph, tmp_path_factory) -> Iterator[UI]:
+    """Serve the instance in which conftest's `graph` materialized the whole pipeline."""
     if not os.access(CHROMIUM, os.X_OK):
         raise RuntimeError(f"{CHROMIUM} not found: run `bash scripts/system-deps.sh`")
     tmp = tmp_path_factory.mktemp("ui")
-    home, art = tmp / "dagster_home", tmp / "artifacts"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(INSTANCE_YAML)
-    with DagsterInstance.from_config(str(home)) as instance:
-        result = defs.resolve_job_def("pipeline").execute_in_process(
-            run_config=RUN_CONFIG, instance=instance,
-            resources={"artifacts": ArtifactStore(root=str(art))})
-        assert result.success
-
+    home, art = graph.home, graph.artifacts
     port = free_port()
     log = tmp / "webserver.log"
     env = {**os.environ, "DAGSTER_HOME": str(home), "VLMRL_ARTIFACTS": str(art),
-           "DAGSTER_DISABLE_TELEMETRY": "1"}
+           "MLFLOW_TRACKING_URI": graph.mlflow_uri, "DAGSTER_DISABLE_TELEMETRY": "1"}
     env.pop("VLMRL_EXECUTOR", None)
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -135,13 +123,22 @@ def browse(ui: UI, path: str, screenshot: str) -> str:
 def test_asset_graph_shows_every_asset(ui):
     text = browse(ui, "/asset-groups", "ui-asset-graph.png")
     assert "Global asset lineage" in text, text[:2000]
-    keys = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
-    assert keys
-    missing = [k for k in keys if not re.search(rf"(?<![\w/]){re.escape(k)}(?![\w/])", text)]
-    assert not missing, f"not in the graph page: {missing}\n{text[:2000]}"
+    graph = defs.resolve_asset_graph()
+    groups = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, []).append(key.to_user_string())
+    assert set(groups) == {"data", "models", "reports"}
+    for group in groups:
+        assert group in text  # the global graph shows each group (collapsed)
+    # each group's own lineage graph shows its assets expanded
+    for group, keys in sorted(groups.items()):
+        page = browse(ui, f"/locations/orchestration.definitions/asset-groups/{group}",
+                      f"ui-asset-graph-{group}.png")
+        missing = [k for k in keys if not re.search(rf"(?<![\w/]){re.escape(k)}(?![\w/])", page)]
+        assert not missing, f"not in the {group} graph page: {missing}\n{page[:2000]}"
 
 
-@pytest.mark.parametrize("asset_key", ["sft_frames"])
+@pytest.mark.parametrize("asset_key", ["sft_frames", "rl_report"])
 def test_asset_page_shows_latest_materialization(ui, asset_key):
     key = AssetKey.from_user_string(asset_key)
     with DagsterInstance.from_config(str(ui.home)) as instance:

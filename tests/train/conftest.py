@@ -109,3 +109,48 @@ def tiny_rl_model_dir(tmp_path_factory, frame_dataset):
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny") / "model", tokenizer_corpus(rows) * 3, spec, seed=0
     )
+
+
+# Stage-function tests: the tiny-cpu recipe, shortened to a few steps of each stage.
+SHORT = {
+    "frames": {"train": {"max_frames": 4}},
+    "sft": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
+            "save_steps": 2},
+    "rl": {"max_steps": 3, "per_device_train_batch_size": 8, "max_completion_length": 8,
+           "logging_steps": 1, "save_steps": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def short_recipe():
+    from vlmrl.recipes import load_recipe
+
+    return load_recipe("tiny-cpu", SHORT)
+
+
+@pytest.fixture(scope="session")
+def stage_frames(synth_dir, short_recipe, tmp_path_factory):
+    """sft and rl frame datasets of the session's synthetic set, with the recipe's frames."""
+    from vlmrl.data.extract import extract_dataset
+
+    out = tmp_path_factory.mktemp("stage_frames")
+    for split in ("sft", "rl"):
+        extract_dataset(synth_dir / f"{split}.json", synth_dir, out / split,
+                        short_recipe.frames.train, workers=1, progress=False)
+    return {"sft": out / "sft", "rl": out / "rl"}
+
+
+@pytest.fixture(scope="session")
+def stage_base(short_recipe, stage_frames, tmp_path_factory):
+    from vlmrl.train.pipeline import build_base_model
+
+    out = tmp_path_factory.mktemp("stage_base") / "base"
+    return build_base_model(short_recipe, out, [stage_frames["sft"], stage_frames["rl"]])
+
+
+@pytest.fixture(scope="session")
+def stage_sft(short_recipe, stage_base, stage_frames, tmp_path_factory):
+    from vlmrl.train.pipeline import train_sft
+
+    out = tmp_path_factory.mktemp("stage_sft") / "sft"
+    return train_sft(short_recipe, stage_base, stage_frames["sft"], out)

@@ -1,5 +1,6 @@
 """The GRPO-family trainer on the tiny model, on CPU: a few real steps each."""
 
+import json
 import math
 
 import numpy as np
@@ -302,3 +303,34 @@ def test_group_layout_is_checked(tiny_rl_model_dir, frame_dataset, tmp_path):
             gradient_accumulation_steps=2,
             trainer_kwargs={"disable_tqdm": True, "use_cpu": True, "steps_per_generation": 2},
         )
+
+
+def test_checkpoints_carry_the_rollout_state(tiny_rl_model_dir, frame_dataset, tmp_path):
+    # T-GRPO's shuffle generator and the augmentation controller are saved with each
+    # trainer checkpoint and restored on resume (a resumed run continues them).
+    settings = dict(
+        algorithm="t_grpo",
+        max_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        augment=AugmentConfig(enabled=True, min_history=0),
+    )
+    trainer = make_trainer(tiny_rl_model_dir, frame_dataset, tmp_path, **settings)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    saved = json.loads((checkpoint / "vlmrl_rl_state_0.json").read_text())
+    assert saved["augmenter"]["buffer"] and saved["shuffle_generator"]
+
+    fresh = make_trainer(tiny_rl_model_dir, frame_dataset, tmp_path, **settings)
+    assert fresh._augmenter.state_dict() != saved["augmenter"]
+    restored = {}
+    load = fresh._load_optimizer_and_scheduler
+
+    def load_and_record(path):  # what the resumed run starts from, before it trains on
+        load(path)
+        restored["shuffle_generator"] = fresh._shuffle_generator.get_state().tolist()
+        restored["augmenter"] = json.loads(json.dumps(fresh._augmenter.state_dict()))
+
+    fresh._load_optimizer_and_scheduler = load_and_record
+    fresh.train(resume_from_checkpoint=str(checkpoint))
+    assert restored == saved

@@ -4,10 +4,15 @@
 - :mod:`~vlmrl.train.sft`: SFT with CoT targets, prompt tokens masked, images + videos.
 - :mod:`~vlmrl.train.grpo`: :class:`VideoGRPOTrainer` (video in the loss, T-GRPO, Reg-GRPO,
   dynamic sampling, difficulty-aware augmentation); configured by :class:`RLConfig`.
-- :mod:`~vlmrl.train.config_io`: build the config dataclasses from recipe mappings.
+- :mod:`~vlmrl.train.config_io`: build the config dataclasses from recipe mappings, with
+  key-path errors.
+- :mod:`~vlmrl.train.pipeline`: the stages as plain functions (base model, SFT, RL
+  checkpoints with lineage, atomic writes, resume); :mod:`~vlmrl.train.commands`: the
+  ``vlmrl train`` command. Import them directly (they depend on :mod:`vlmrl.recipes`).
+- :mod:`~vlmrl.train.resume`: resume that really restores the model weights.
 """
 
-from vlmrl.train.config_io import config_from_dict, config_to_dict
+from vlmrl.train.config_io import ConfigError, config_from_dict, config_to_dict
 from vlmrl.train.grpo import VideoGRPOTrainer, build_grpo_trainer, resolve_reward_funcs, run_grpo
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target, tokenizer_corpus
 from vlmrl.train.rl_config import (
@@ -20,6 +25,7 @@ from vlmrl.train.rl_config import (
 from vlmrl.train.sft import (
     SFTTrainConfig,
     VisionSFTCollator,
+    VisionSFTTrainer,
     build_sft_trainer,
     run_sft,
     sft_dataset,
@@ -27,6 +33,7 @@ from vlmrl.train.sft import (
 
 __all__ = [
     "AugmentConfig",
+    "ConfigError",
     "LengthBonusConfig",
     "PromptConfig",
     "RLConfig",
@@ -35,6 +42,7 @@ __all__ = [
     "TemporalConfig",
     "VideoGRPOTrainer",
     "VisionSFTCollator",
+    "VisionSFTTrainer",
     "build_grpo_trainer",
     "build_prompt",
     "build_sft_trainer",

@@ -34,6 +34,13 @@ class RewardReplayBuffer:
     def mean(self) -> float:
         return float(np.mean(self._values)) if self._values else 0.0
 
+    def values(self) -> list[float]:
+        return list(self._values)
+
+    def load(self, values: Iterable[float]) -> None:
+        self._values.clear()
+        self._values.extend(values)
+
 
 @dataclass
 class Augmentation:
@@ -80,6 +87,19 @@ class DifficultyAugmenter:
         self.buffer = RewardReplayBuffer(config.window)
         self.levels: dict[str, float] = {}
         self._rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state, saved in trainer checkpoints so a resumed run continues it."""
+        return {
+            "buffer": self.buffer.values(),
+            "levels": dict(self.levels),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.buffer.load(state["buffer"])
+        self.levels = dict(state["levels"])
+        self._rng.bit_generator.state = state["rng"]
 
     def level(self, problem_id: str) -> float:
         return self.levels.get(problem_id, 0.0)

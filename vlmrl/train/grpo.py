@@ -24,6 +24,8 @@ Overridden TRL hooks and why:
   length bonus) as reward columns before TRL's group normalisation.
 - `_get_per_token_logps_and_entropies`: the log-prob forward with the rows' visual tensors.
 - `_compute_loss`: selects the rows' visual tensors; Reg-GRPO replaces the clipped loss.
+- `_save_checkpoint` / `_load_optimizer_and_scheduler`: our rollout state (shuffle
+  generator, augmentation controller) is saved with trainer checkpoints and restored.
 
 TRL's `_prepare_inputs` is kept: it shuffles and splits the generation batch, and our
 per-row entries (lists and tensors) follow the rows. Group-level losses therefore need
@@ -32,6 +34,7 @@ per-row entries (lists and tensors) follow the rows. Group-level losses therefor
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +44,7 @@ import torch
 from accelerate.utils import gather, gather_object
 from datasets import Dataset
 from transformers import PreTrainedModel, ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
 from vlmrl.models.loading import load_model
@@ -57,6 +61,7 @@ from vlmrl.train.groups import (
 )
 from vlmrl.train.prompts import build_prompt
 from vlmrl.train.regression import reg_grpo_loss
+from vlmrl.train.resume import ConvertedResumeMixin
 from vlmrl.train.rl_config import RLConfig
 from vlmrl.train.temporal import (
     ShuffledRollout,
@@ -67,6 +72,7 @@ from vlmrl.train.temporal import (
 
 TEMPORAL_COLUMN = "temporal_bonus"
 LENGTH_COLUMN = "length_bonus"
+RL_STATE = "vlmrl_rl_state_{}.json"  # per process: our rollout state in a trainer checkpoint
 
 
 class ShapingColumn:
@@ -107,7 +113,7 @@ def resolve_reward_funcs(
     return [get_reward(s, **params.get(s, {})) if isinstance(s, str) else s for s in specs]
 
 
-class VideoGRPOTrainer(GRPOTrainer):
+class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
     """GRPO / T-GRPO / Reg-GRPO on frame datasets mixing images and videos.
 
     The train dataset is a frame dataset (vlmrl.data): rows with problem, problem_type,
@@ -434,6 +440,36 @@ class VideoGRPOTrainer(GRPOTrainer):
             mask = mask * output["tool_mask"]
         output["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
         return output
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        # T-GRPO's shuffle generator and the augmentation controller are training state
+        # too. Written before the trainer's own files, so that trainer_state.json stays the
+        # last file of a checkpoint (a resume takes its presence as "complete").
+        folder = Path(self._get_output_dir(trial=trial))
+        folder = folder / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "shuffle_generator": self._shuffle_generator.get_state().tolist(),
+            "augmenter": None if self._augmenter is None else self._augmenter.state_dict(),
+        }
+        (folder / RL_STATE.format(self.accelerator.process_index)).write_text(json.dumps(state))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = None if checkpoint is None else Path(checkpoint) / RL_STATE.format(
+            self.accelerator.process_index
+        )
+        if path is None or not path.is_file():
+            return
+        state = json.loads(path.read_text())
+        self._shuffle_generator.set_state(
+            torch.tensor(state["shuffle_generator"], dtype=torch.uint8)
+        )
+        if self._augmenter is not None and state["augmenter"] is not None:
+            self._augmenter.load_state_dict(state["augmenter"])
 
     # ------------------------------------------------------------------ loss
 

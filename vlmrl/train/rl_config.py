@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from trl import GRPOConfig
 
 from vlmrl.train.prompts import PromptConfig
 
-ALGORITHMS = ("grpo", "t_grpo", "reg_grpo")
+Algorithm = Literal["grpo", "t_grpo", "reg_grpo"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+# TRL 1.16's choices, as Literals so that a recipe typo fails when it is loaded.
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+ScaleRewards = Literal["group", "batch", "none"]
 
 
 @dataclass
@@ -80,7 +84,7 @@ class RegressionConfig:
         scale; max_grad_norm bounds it).
     """
 
-    sequence_logprob: str = "mean"
+    sequence_logprob: Literal["sum", "mean"] = "mean"
     eps: float = 1e-4
 
 
@@ -130,10 +134,12 @@ class RLConfig:
         reward_params (per-name bound parameters), reward_weights (per reward function,
         shaping terms excluded), accuracy_reward (the reward whose value is "accuracy" for
         the temporal / length shaping).
+    Logging / resume: logging_steps, report_to ("none", "mlflow", ...), save_strategy,
+        save_steps, save_total_limit (the trainer's own checkpoints, kept for resuming).
     trainer_kwargs: any other GRPOConfig field, passed through unchanged.
     """
 
-    algorithm: str = "t_grpo"
+    algorithm: Algorithm = "t_grpo"
     num_generations: int = 8
     max_completion_length: int = 768
     temperature: float = 1.0
@@ -148,13 +154,13 @@ class RLConfig:
     num_train_epochs: float = 1.0
     max_steps: int = -1
     num_iterations: int = 1
-    loss_type: str = "grpo"
-    scale_rewards: str = "group"
+    loss_type: LossType = "grpo"
+    scale_rewards: ScaleRewards = "group"
     epsilon: float = 0.2
     epsilon_high: float | None = None
     beta: float = 0.04
     mask_truncated_completions: bool = False
-    importance_sampling_level: str = "token"
+    importance_sampling_level: Literal["token", "sequence"] = "token"
     dynamic_sampling: bool = False
     reward_funcs: list[Any] = field(default_factory=lambda: ["accuracy", "format"])
     reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -170,6 +176,8 @@ class RLConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_strategy: str = "no"
+    save_steps: float = 500
+    save_total_limit: int | None = 1
     report_to: str | list[str] = "none"
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -234,6 +242,8 @@ class RLConfig:
             activation_checkpointing=self.gradient_checkpointing,
             logging_steps=self.logging_steps,
             save_strategy=self.save_strategy,
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
             report_to=self.report_to,
             # Rows keep every dataset column: prompts are built from them, rewards read them.
             remove_unused_columns=False,

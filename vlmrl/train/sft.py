@@ -30,6 +30,7 @@ from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
+from vlmrl.train.resume import ConvertedResumeMixin
 
 
 @dataclass
@@ -41,7 +42,9 @@ class SFTTrainConfig:
     warmup_steps (int steps, or a float in [0, 1): a ratio), weight_decay, max_grad_norm,
     seed: as in transformers.TrainingArguments.
     bf16: mixed precision (needs a GPU that supports it). gradient_checkpointing: trade
-    compute for memory. logging_steps, save_strategy, report_to: logging / checkpoints.
+    compute for memory. logging_steps, report_to: logging ("none", "mlflow", ...).
+    save_strategy, save_steps, save_total_limit: the trainer's own checkpoints (what a run
+    resumes from; the default keeps only the newest one).
     require_process: drop rows without a CoT trace (a Video-R1 SFT set has one everywhere).
     prompt: how rows become prompts (shared with RL and evaluation).
     trainer_kwargs: any other SFTConfig field, passed through unchanged.
@@ -61,6 +64,8 @@ class SFTTrainConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_strategy: str = "no"
+    save_steps: float = 500
+    save_total_limit: int | None = 1
     report_to: str | list[str] = "none"
     require_process: bool = False
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -83,6 +88,8 @@ class SFTTrainConfig:
             activation_checkpointing=self.gradient_checkpointing,
             logging_steps=self.logging_steps,
             save_strategy=self.save_strategy,
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
             report_to=self.report_to,
             # Our collator reads the raw columns; the vision path skips TRL's tokenisation.
             remove_unused_columns=False,
@@ -173,6 +180,10 @@ class VisionSFTCollator:
         }
 
 
+class VisionSFTTrainer(ConvertedResumeMixin, SFTTrainer):
+    """TRL's SFTTrainer whose resume restores the model weights (see vlmrl.train.resume)."""
+
+
 def build_sft_trainer(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -183,7 +194,7 @@ def build_sft_trainer(
 ) -> SFTTrainer:
     """A TRL SFTTrainer wired for frame datasets (prompt masking, images + videos)."""
     config = config or SFTTrainConfig()
-    return SFTTrainer(
+    return VisionSFTTrainer(
         model=model,
         args=config.to_trl(output_dir),
         train_dataset=sft_dataset(train_dataset, config.prompt, config.require_process),

@@ -1,0 +1,172 @@
+# No `from __future__ import annotations` here: Dagster reads annotations at runtime.
+"""Model assets: the base model, the SFT checkpoint and the RL checkpoint.
+
+Each is one call into vlmrl.train.pipeline inside one MLflow run (the trainer's metrics
+arrive through transformers' MLflow callback). The checkpoint's lineage.json records the
+MLflow and Dagster run ids; its hash is the data version; the checkpoint is also an
+MLflow logged model linked to its input datasets and parent model.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    asset,
+    asset_check,
+)
+
+from orchestration.assets.common import log_metrics, result
+from orchestration.assets.data import rl_frames, sft_frames
+from orchestration.executors import GPU_POOL, gpu_tags
+from orchestration.resources import ArtifactStore, RecipeResource
+from orchestration.tracking import MlflowTracker
+from vlmrl.lineage import audit, lineage_hash, read_manifest
+
+TRAINING_CODE_VERSION = "train-1"
+
+
+def _tracking(context: AssetExecutionContext, run: Any) -> dict[str, Any]:
+    return {"mlflow_run_id": run.run_id, "dagster_run_id": context.run_id,
+            "asset_key": context.asset_key.to_user_string()}
+
+
+def _with_mlflow(recipe: Any) -> Any:
+    """The recipe with the trainers reporting to MLflow (the tracker's active run)."""
+    changes: dict[str, Any] = {"rl": {"report_to": ["mlflow"]}}
+    if recipe.sft is not None:
+        changes["sft"] = {"report_to": ["mlflow"]}
+    return recipe.override(changes)
+
+
+def _upstream_model_id(context: AssetExecutionContext, key: str) -> list[str]:
+    event = context.instance.get_latest_materialization_event(AssetKey(key))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    value = meta.get("mlflow_model_id")
+    return [value.value] if value is not None else []
+
+
+def _weight_stats(path: Path) -> dict[str, int]:
+    """Parameter count and bytes of the safetensors weights (headers only, no loading)."""
+    from safetensors import safe_open
+
+    params = 0
+    files = sorted(Path(path).glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                n = 1
+                for dim in st.get_slice(name).get_shape():
+                    n *= dim
+                params += n
+    return {"parameters": params, "weight_bytes": sum(f.stat().st_size for f in files)}
+
+
+def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore, tracker: MlflowTracker,
+                       run: Any, path: Path, name: str, parent_key: str | None):
+    manifest = read_manifest(path)
+    datasets = [{"name": f"{d['role']}:{Path(d['path']).name}", "digest": d["fingerprint"][:16],
+                 "source": d["path"]} for d in manifest["datasets"]]
+    model = tracker.log_checkpoint(run.run_id, str(path), name, datasets=datasets,
+                                   params={"lineage_sha256": lineage_hash(path)},
+                                   input_models=_upstream_model_id(context, parent_key) if parent_key else [])
+    metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
+    metrics.update(_weight_stats(path))
+    log_metrics(metrics)
+    meta = {"lineage_sha256": lineage_hash(path), "kind": manifest["kind"],
+            "parent": (manifest.get("parent") or {}).get("path", ""),
+            "datasets": json.dumps({d["role"]: d["fingerprint"][:16] for d in manifest["datasets"]}),
+            "code_commit": str(manifest["code"].get("git_commit")), **metrics, **model}
+    return result(context, artifacts, path, lineage_hash(path), meta, run)
+
+
+@asset(group_name="models", deps=[sft_frames, rl_frames], code_version=TRAINING_CODE_VERSION,
+       kinds={"pytorch"})
+def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
+               tracker: MlflowTracker):
+    """The starting checkpoint: the tiny demo model built here, or a local model linked in."""
+    from vlmrl.train.pipeline import build_base_model
+
+    r = recipe.load()
+    with tracker.start_run(context, params=r.to_dict()) as run:
+        path = build_base_model(r, artifacts.checkpoint("base"),
+                                [artifacts.frames("sft"), artifacts.frames("rl")])
+        return _checkpoint_result(context, artifacts, tracker, run, path, "base_model", None)
+
+
+@asset(group_name="models", deps=[base_model, sft_frames], code_version=TRAINING_CODE_VERSION,
+       op_tags=gpu_tags(), pool=GPU_POOL, kinds={"pytorch"})
+def sft_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
+                   tracker: MlflowTracker):
+    """Supervised fine-tuning on the chain-of-thought split (prompt tokens masked)."""
+    from vlmrl.train.pipeline import train_sft
+
+    r = _with_mlflow(recipe.load())
+    with tracker.start_run(context, params=r.to_dict()) as run:
+        path = train_sft(r, artifacts.checkpoint("base"), artifacts.frames("sft"),
+                         artifacts.checkpoint("sft"), tracking=_tracking(context, run))
+        return _checkpoint_result(context, artifacts, tracker, run, path, "sft_checkpoint", "base_model")
+
+
+@asset(group_name="models", deps=[sft_checkpoint, rl_frames], code_version=TRAINING_CODE_VERSION,
+       op_tags=gpu_tags(), pool=GPU_POOL, kinds={"pytorch"})
+def rl_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
+                  tracker: MlflowTracker):
+    """GRPO-family RL (T-GRPO by default) from the SFT checkpoint."""
+    from vlmrl.train.pipeline import train_rl
+
+    r = _with_mlflow(recipe.load())
+    with tracker.start_run(context, params=r.to_dict()) as run:
+        path = train_rl(r, artifacts.checkpoint("sft"), artifacts.frames("rl"),
+                        artifacts.checkpoint("rl"), tracking=_tracking(context, run))
+        return _checkpoint_result(context, artifacts, tracker, run, path, "rl_checkpoint", "sft_checkpoint")
+
+
+def _verify(artifacts: ArtifactStore, stage: str) -> AssetCheckResult:
+    """Loads (config + safetensors headers, no weights) and the lineage audit passes."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from vlmrl.models.loading import CheckpointError, check_checkpoint_dir
+
+    path = artifacts.checkpoint(stage)
+    problems: list[str] = []
+    try:
+        check_checkpoint_dir(path)
+        AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tensors = 0
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                tensors += len(list(st.keys()))
+        if tensors == 0:
+            problems.append(f"{path}: no tensors in the safetensors files")
+    except (CheckpointError, OSError, ValueError) as exc:
+        problems.append(str(exc))
+    report = audit(path)
+    problems += report.problems
+    return AssetCheckResult(passed=not problems, severity=AssetCheckSeverity.ERROR,
+                            metadata={"problems": "\n".join(problems) or "none",
+                                      "chain": " <- ".join(n.manifest.get("kind", "?") for n in report.chain)})
+
+
+@asset_check(asset=base_model, blocking=True, description="loads; lineage manifest verifies")
+def base_model_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
+    return _verify(artifacts, "base")
+
+
+@asset_check(asset=sft_checkpoint, blocking=True, description="loads; lineage manifest verifies")
+def sft_checkpoint_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
+    return _verify(artifacts, "sft")
+
+
+@asset_check(asset=rl_checkpoint, blocking=True, description="loads; lineage manifest verifies")
+def rl_checkpoint_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
+    return _verify(artifacts, "rl")
+
+
+MODEL_ASSETS = [base_model, sft_checkpoint, rl_checkpoint]
+MODEL_CHECKS = [base_model_verifies, sft_checkpoint_verifies, rl_checkpoint_verifies]

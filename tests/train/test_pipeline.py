@@ -1,0 +1,178 @@
+"""The stage functions: base -> SFT -> RL checkpoints with lineage, atomic writes, resume."""
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_pt_utils import safe_globals
+
+from vlmrl.lineage import audit, read_manifest
+from vlmrl.models import load_model
+from vlmrl.rewards import REWARDS
+from vlmrl.rewards.answers import completion_text
+from vlmrl.train.pipeline import (
+    RUN_FILE,
+    TRAIN_LOG,
+    build_base_model,
+    last_checkpoint,
+    train_rl,
+    train_sft,
+    work_dir_for,
+)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+class Probe(TrainerCallback):
+    """Records what a run sees; raises after step `stop_after` (a crash mid-training)."""
+
+    def __init__(self, stop_after=None):
+        self.stop_after = stop_after
+        self.start_step = None
+        self.start_optimizer = None
+        self.start_weights = None
+        self.steps = []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        # called after a resume has loaded the checkpoint's weights, trainer and optimizer
+        # state; copies, because training updates these tensors in place
+        self.start_step = state.global_step
+        self.start_optimizer = copy.deepcopy(optimizer.state_dict())
+        self.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        if state.global_step == self.stop_after:
+            raise Interrupted(f"killed after step {state.global_step}")
+
+
+def text_length_reward(completions, **kwargs):
+    """Varies with the sampled text, so that an untrained policy still gets a gradient."""
+    return [len(completion_text(c)) % 5 / 4 for c in completions]
+
+
+def test_base_model_is_built_with_its_lineage(short_recipe, stage_base, stage_frames):
+    manifest = read_manifest(stage_base)
+    assert manifest["kind"] == "base" and manifest["parent"] is None
+    assert manifest["recipe_sha256"] == short_recipe.sha256
+    assert [d["role"] for d in manifest["datasets"]] == ["tokenizer_corpus"] * 2
+    assert manifest["tiny_spec"]["hidden_size"] == short_recipe.model.tiny.hidden_size
+    loaded = load_model(stage_base)
+    assert "<answer>" in loaded.tokenizer.get_vocab()
+    assert audit(stage_base).ok
+
+
+def test_local_model_is_linked_not_copied(short_recipe, stage_base, tmp_path):
+    recipe = short_recipe.override({"model": {"tiny": None, "path": str(stage_base)}})
+    out = build_base_model(recipe, tmp_path / "base")
+    weights = out / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve() == (stage_base / "model.safetensors")
+    manifest = read_manifest(out)
+    assert manifest["kind"] == "base" and manifest["linked_from"] == str(stage_base)
+    assert load_model(out).model.config.model_type == "qwen2_5_vl"
+    assert audit(out).ok
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_interrupted_training_resumes_from_its_last_checkpoint(
+    stage, short_recipe, stage_base, stage_sft, stage_frames, tmp_path, monkeypatch
+):
+    # sft: 4 steps, a checkpoint every 2, killed after step 3 -> resumes from checkpoint-2.
+    # rl: 3 steps, a checkpoint every step, killed after step 2 (before its save) ->
+    # resumes from checkpoint-1.
+    train, parent = (train_sft, stage_base) if stage == "sft" else (train_rl, stage_sft)
+    recipe = short_recipe
+    if stage == "rl":  # the registry is how a recipe names rewards
+        monkeypatch.setitem(REWARDS, "text_length", text_length_reward)
+        recipe = recipe.override(
+            {"rl": {"reward_funcs": ["text_length", "format"], "accuracy_reward": "text_length"}}
+        )
+    config = getattr(recipe, stage)
+    stop, resume_at = (3, 2) if stage == "sft" else (2, 1)
+    out = tmp_path / stage
+    work = work_dir_for(out)
+
+    with pytest.raises(Interrupted):
+        train(recipe, parent, stage_frames[stage], out, callbacks=[Probe(stop)])
+    assert not out.exists()  # no final checkpoint, and no staging directory left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]
+    checkpoint = last_checkpoint(work)
+    assert checkpoint.name == f"checkpoint-{resume_at}"
+    # optimizer and RNG states load with weights_only=True (no unpickling of arbitrary
+    # objects), as transformers' resume does it
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    with safe_globals():
+        assert torch.load(checkpoint / "rng_state.pth", weights_only=True)["python"]
+    expected = load_model(checkpoint).model.state_dict()
+    if stage == "rl":
+        assert (checkpoint / "vlmrl_rl_state_0.json").is_file()
+
+    probe = Probe()
+    result = train(recipe, parent, stage_frames[stage], out, {"mlflow_run_id": "abc"},
+                   callbacks=[probe])
+    assert probe.start_step == resume_at
+    assert probe.steps == list(range(resume_at + 1, config.max_steps + 1))
+    resumed = probe.start_optimizer
+    assert resumed["state"].keys() == saved["state"].keys() and saved["state"]
+    assert any(state["exp_avg"].abs().sum() > 0 for state in saved["state"].values())
+    for key, state in saved["state"].items():
+        assert int(resumed["state"][key]["step"]) == resume_at
+        assert torch.equal(resumed["state"][key]["exp_avg"], state["exp_avg"])
+        assert torch.equal(resumed["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
+
+    # the resumed weights are the checkpoint's, not the parent's (transformers#43701)
+    assert probe.start_weights.keys() == expected.keys()
+    assert all(torch.equal(probe.start_weights[k], v) for k, v in expected.items())
+    initial = load_model(parent).model.state_dict()
+    assert not all(torch.equal(initial[k], v) for k, v in expected.items())
+
+    assert result == out.resolve() and not work.exists()
+    manifest = read_manifest(out)
+    assert manifest["kind"] == stage and manifest["parent"]["path"] == str(parent)
+    assert manifest["metrics"]["global_step"] == config.max_steps
+    assert manifest["metrics"]["resumed_from_step"] == resume_at
+    assert manifest["tracking"] == {"mlflow_run_id": "abc"}
+    assert manifest["seed"] == config.seed
+    assert [d["role"] for d in manifest["datasets"]] == [stage]
+    logged = [e["step"] for e in json.loads((out / TRAIN_LOG).read_text()) if "loss" in e]
+    assert logged == list(range(1, config.max_steps + 1))
+    report = audit(out)
+    assert report.ok, report.problems
+    assert [n.manifest["kind"] for n in report.chain] == (
+        ["sft", "base"] if stage == "sft" else ["rl", "sft", "base"]
+    )
+
+
+def test_work_dir_of_another_run_is_not_resumed(short_recipe, stage_base, stage_frames, tmp_path):
+    out = tmp_path / "sft"
+    work = work_dir_for(out)
+    (work / "checkpoint-3").mkdir(parents=True)
+    (work / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (work / RUN_FILE).write_text(json.dumps({"recipe_sha256": "another recipe"}))
+    recipe = short_recipe.override({"sft": {"max_steps": 1}})
+    train_sft(recipe, stage_base, stage_frames["sft"], out)
+    metrics = read_manifest(out)["metrics"]
+    assert metrics["global_step"] == 1 and "resumed_from_step" not in metrics
+
+
+def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
+    for step, state in ((2, "{}"), (4, None), (6, '{"trunc')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:  # a crash mid-save: trainer_state.json missing or cut short
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert last_checkpoint(tmp_path / "checkpoint-2") is None
+
+
+def test_recipe_without_sft_links_the_base_model(short_recipe, stage_base, stage_frames, tmp_path):
+    recipe = short_recipe.override({"sft": None})
+    out = train_sft(recipe, stage_base, stage_frames["sft"], tmp_path / "sft")
+    manifest = read_manifest(out)
+    assert manifest["kind"] == "sft" and manifest["metrics"] == {"skipped": True}
+    assert (out / "model.safetensors").resolve() == (stage_base / "model.safetensors").resolve()
+    assert audit(out).ok

@@ -1,0 +1,295 @@
+"""Recipes: one YAML file names everything a run needs, validated when it is loaded.
+
+Top-level keys (every section optional except where noted; defaults come from the
+dataclasses below and from the trainer configs, which are the single source of truth):
+
+    name, description, seed        seed also seeds sft and rl unless they set their own
+    data      synthetic: {seed, sizes: {sft, rl, bench, video_fraction}}    (the demo)
+              or sft / rl: {annotations, media_root}; benchmarks: {name: {annotations, media_root}}
+    frames    train / eval: FrameOptions fields (vlmrl.data.frames)
+    model     tiny: TinyModelSpec fields (build the demo model) or path: a local checkpoint
+              directory; dtype, attn_implementation, device
+    sft       SFTTrainConfig fields (vlmrl.train.sft); null: RL starts from the base model
+              (the SFT stage then only records a checkpoint linking to the base)
+    rl        RLConfig fields (vlmrl.train.rl_config): algorithm, rewards, temporal, ...
+    eval      EvalSettings fields: benchmarks and generation settings
+
+Relative paths (annotations, media roots, model.path) are relative to the working
+directory of the run. A bad key or value raises RecipeError naming the file and the key
+path, e.g. ``configs/x.yaml: rl.temporal.alpha: expected a number, got 'x'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlmrl.data.frames import FrameOptions
+from vlmrl.data.synth import SynthSizes
+from vlmrl.hashing import sha256_json
+from vlmrl.models.tiny import TinyModelSpec
+from vlmrl.train.config_io import ConfigError, config_from_dict
+from vlmrl.train.rl_config import RLConfig
+from vlmrl.train.sft import SFTTrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SYNTHETIC_BENCHMARK = "synthetic"  # the synthetic data's held-out "bench" split
+
+
+class RecipeError(ValueError):
+    """An invalid recipe; the message names the file (when there is one) and the key path."""
+
+
+@dataclass
+class DataSource:
+    """An annotation file (Video-R1 record format) and the directory its media paths are under."""
+
+    annotations: str
+    media_root: str
+
+
+@dataclass
+class SyntheticData:
+    """The embedded demo's generated data (vlmrl.data.synth)."""
+
+    seed: int = 0
+    sizes: SynthSizes = field(default_factory=SynthSizes)
+
+
+@dataclass
+class DataSettings:
+    """Either `synthetic`, or `sft` and `rl` sources; `benchmarks` adds evaluation sets by name."""
+
+    synthetic: SyntheticData | None = None
+    sft: DataSource | None = None
+    rl: DataSource | None = None
+    benchmarks: dict[str, DataSource] = field(default_factory=dict)
+
+
+@dataclass
+class FrameSettings:
+    """Frame sampling for training and for evaluation (Video-R1: 128*28*28 vs 256*28*28 pixels)."""
+
+    train: FrameOptions = field(default_factory=FrameOptions)
+    eval: FrameOptions = field(default_factory=lambda: FrameOptions(max_pixels=256 * 28 * 28))
+
+
+@dataclass
+class ModelSettings:
+    """The base model: `tiny` (built here) or `path` (a local checkpoint), and how to load it.
+
+    dtype: "float32", "bf16", "fp16" or "auto". attn_implementation: e.g. "sdpa",
+    "flash_attention_2" (None: transformers decides). device: "cpu" forces CPU training
+    (the trainers' use_cpu); None lets the trainer pick the accelerator.
+    """
+
+    tiny: TinyModelSpec | None = None
+    path: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    device: str | None = None
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation: which benchmarks, and generation settings (defaults: Video-R1's evaluation)."""
+
+    benchmarks: list[str] = field(default_factory=lambda: [SYNTHETIC_BENCHMARK])
+    max_new_tokens: int = 1024
+    temperature: float = 0.1
+    top_p: float = 0.001
+    do_sample: bool = True
+    batch_size: int = 8
+
+
+@dataclass
+class Recipe:
+    """Everything a run needs (see the module docstring for the sections); load_recipe reads one."""
+
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    data: DataSettings = field(default_factory=DataSettings)
+    frames: FrameSettings = field(default_factory=FrameSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sft: SFTTrainConfig | None = field(default_factory=SFTTrainConfig)  # None: no SFT stage
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """Validate a recipe mapping (raises ConfigError naming the key path)."""
+        data = dict(data)
+        seed = data.get("seed", 0)
+        for section in ("sft", "rl"):  # the recipe seed is the trainers' default seed
+            value = data.get(section, {})
+            if type(seed) is int and isinstance(value, Mapping):
+                data[section] = {"seed": seed, **value}
+        recipe = config_from_dict(cls, data)
+        recipe._check()
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (lists for tuples): what is hashed and logged as run parameters."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the recipe (key order and formatting of the file do not matter)."""
+        return sha256_json(self.to_dict())
+
+    def override(self, changes: Mapping[str, Any]) -> Recipe:
+        """A new recipe with nested `changes` merged in, validated again."""
+        merged = deep_merge(self.to_dict(), changes)
+        if "seed" in changes:  # as in a file: a new recipe seed also reseeds the trainers
+            for section in ("sft", "rl"):
+                if merged[section] is not None and "seed" not in (changes.get(section) or {}):
+                    merged[section]["seed"] = changes["seed"]
+        return Recipe.from_dict(merged)
+
+    def benchmark_names(self) -> list[str]:
+        names = list(self.data.benchmarks)
+        return [SYNTHETIC_BENCHMARK, *names] if self.data.synthetic is not None else names
+
+    def _check(self) -> None:
+        """Checks that involve more than one field."""
+        from transformers.trainer_utils import SchedulerType
+
+        from vlmrl.models.loading import resolve_dtype
+
+        m, d = self.model, self.data
+        if (m.tiny is None) == (m.path is None):
+            raise ConfigError("model", "give exactly one of tiny (build the demo model) or path")
+        try:
+            resolve_dtype(m.dtype)
+        except ValueError as exc:
+            raise ConfigError("model.dtype", str(exc)) from None
+        if d.synthetic is not None and (d.sft or d.rl):
+            raise ConfigError("data", "give either synthetic or sft/rl sources, not both")
+        if d.synthetic is None and d.rl is None:
+            raise ConfigError("data", "needs synthetic, or an rl source (and sft, unless sft: null)")
+        if d.synthetic is None and self.sft is not None and d.sft is None:
+            raise ConfigError("data.sft", "required for the SFT stage (or set sft: null)")
+        known = self.benchmark_names()
+        for i, name in enumerate(self.eval.benchmarks):
+            if name not in known:
+                raise ConfigError(f"eval.benchmarks[{i}]", f"unknown benchmark {name!r}; "
+                                  f"data provides: {', '.join(known) or 'none'}")
+        schedulers = [s.value for s in SchedulerType]
+        for section in ("sft", "rl"):
+            config = getattr(self, section)
+            if config is not None and config.lr_scheduler_type not in schedulers:
+                raise ConfigError(f"{section}.lr_scheduler_type",
+                                  f"expected one of {', '.join(schedulers)}")
+        self._check_rewards()
+
+    def _check_rewards(self) -> None:
+        from vlmrl.rewards import REWARDS, get_reward
+
+        rl = self.rl
+        names = [n for n in rl.reward_funcs if isinstance(n, str)]
+        for i, name in enumerate(rl.reward_funcs):
+            if callable(name):  # a function passed in code, not from a file
+                continue
+            if not isinstance(name, str) or name not in REWARDS:
+                raise ConfigError(f"rl.reward_funcs[{i}]",
+                                  f"unknown reward {name!r}; valid: {', '.join(sorted(REWARDS))}")
+        for name, params in rl.reward_params.items():
+            if name not in names:
+                raise ConfigError(f"rl.reward_params.{name}", "not among rl.reward_funcs")
+            try:
+                get_reward(name, **params)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"rl.reward_params.{name}", str(exc)) from None
+        if rl.reward_weights is not None and len(rl.reward_weights) != len(rl.reward_funcs):
+            raise ConfigError("rl.reward_weights", f"needs one weight per reward function "
+                              f"({len(rl.reward_funcs)}), got {len(rl.reward_weights)}")
+        if (rl.temporal_enabled or rl.length_bonus.enabled) and rl.accuracy_reward not in names:
+            raise ConfigError("rl.accuracy_reward", f"{rl.accuracy_reward!r} is not among "
+                              "rl.reward_funcs; the temporal / length bonuses need it")
+
+
+def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads 1e-6 as a number (YAML 1.1 wants 1.0e-6) and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values, read as recipes are (safe, 1e-6 is a number)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped in configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def recipe_path(path_or_name: str | os.PathLike[str]) -> Path:
+    """A recipe file: an existing path, or the name of one in configs/ ("tiny-cpu")."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+    if path.suffix == "" and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"no recipe file {path} and no shipped recipe named {str(path_or_name)!r}; "
+        f"shipped: {', '.join(recipe_names())}"
+    )
+
+
+def load_recipe(
+    path_or_name: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
+) -> Recipe:
+    """Load and validate a recipe file; `overrides` (nested mapping) is merged in first."""
+    path = recipe_path(path_or_name)
+    try:
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {data!r}")
+    data = deep_merge({"name": path.stem}, data)
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return Recipe.from_dict(data)
+    except ConfigError as exc:
+        raise RecipeError(f"{path}: {exc}") from None

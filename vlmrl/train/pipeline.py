@@ -1,0 +1,251 @@
+"""The training stages as plain functions: base model -> SFT checkpoint -> RL checkpoint.
+
+Dagster assets and the `vlmrl train` command call exactly these. Each stage writes one
+checkpoint directory atomically: everything (weights, processor, training log and
+``lineage.json`` with parent, datasets, recipe, seed, final metrics and tracking ids) is
+assembled in a staging directory next to the target and renamed into place, so a crash
+never leaves a complete-looking checkpoint.
+
+The trainer's own checkpoints (``checkpoint-N``: weights, optimizer, scheduler, RNG and
+our RL state), which a run resumes from, live in a separate work directory
+``<out>.work/`` that is removed once the final checkpoint is in place. A work directory
+remembers which run it belongs to (recipe, parent checkpoint, dataset); a run with other
+inputs starts afresh instead of resuming someone else's optimizer state.
+
+Resuming loads optimizer, scheduler and RNG states with ``torch.load(weights_only=True)``
+(transformers 5 does this throughout, allow-listing numpy's RNG types), so a checkpoint
+cannot execute code when loaded; our own extra state is JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+
+from vlmrl.atomic import atomic_directory
+from vlmrl.data.extract import load_frame_dataset
+from vlmrl.lineage import LINEAGE, dataset_entry, lineage_hash, write_manifest
+from vlmrl.models.loading import check_checkpoint_dir, load_model
+from vlmrl.recipes import Recipe
+from vlmrl.train.grpo import build_grpo_trainer
+from vlmrl.train.prompts import tokenizer_corpus
+from vlmrl.train.sft import build_sft_trainer
+
+log = logging.getLogger(__name__)
+
+WORK_SUFFIX = ".work"
+RUN_FILE = "run.json"  # in the work directory: which run its checkpoints belong to
+TRAIN_LOG = "train_log.json"  # in the final checkpoint: the trainer's log history
+TRAINER_STATE = "trainer_state.json"  # written last into a trainer checkpoint
+TEXT_COLUMNS = ("problem", "options", "problem_type", "process", "solution", "data_type")
+
+
+def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
+    """Where the trainer keeps its resumable checkpoints for the final checkpoint `out_dir`."""
+    out = Path(out_dir).resolve()
+    return out.with_name(out.name + WORK_SUFFIX)
+
+
+def last_checkpoint(work_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete trainer checkpoint in `work_dir`, or None.
+
+    The trainer writes trainer_state.json last, so a checkpoint without a readable one
+    was cut short (a crash mid-save); such checkpoints are deleted, so that a later save
+    at the same step does not mix old and new files.
+    """
+    candidates = [
+        p for p in Path(work_dir).glob("checkpoint-*")
+        if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()
+    ]
+    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        try:
+            json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+            return path
+        except (OSError, ValueError):
+            log.warning("removing incomplete trainer checkpoint %s", path)
+            shutil.rmtree(path)
+    return None
+
+
+def build_base_model(
+    recipe: Recipe,
+    out_dir: str | os.PathLike[str],
+    corpus_datasets: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """The base checkpoint with its lineage: built (recipe.model.tiny) or linked (recipe.model.path).
+
+    tiny: a fresh tiny model whose tokenizer is trained on the text of `corpus_datasets`
+    (frame datasets: prompts, CoT traces and answers), seeded by recipe.seed.
+    path: a local checkpoint, checked (config + safetensors) and linked file by file, not
+    copied, into `out_dir` next to a lineage.json of kind "base".
+    """
+    model = recipe.model
+    if model.tiny is None:
+        return _link_checkpoint(model.path, out_dir, kind="base", recipe=recipe)
+    if not corpus_datasets:
+        raise ValueError("building the tiny model needs frame datasets for its tokenizer")
+    from vlmrl.models.tiny import build_tiny_model
+
+    out = Path(out_dir).resolve()
+    entries = [dataset_entry(p, "tokenizer_corpus") for p in corpus_datasets]
+    with atomic_directory(out, overwrite=True) as staging:
+        # build_tiny_model stages atomically itself; here it replaces our empty staging dir.
+        build_tiny_model(staging, _corpus(recipe, corpus_datasets), model.tiny,
+                         seed=recipe.seed, overwrite=True)
+        write_manifest(staging, kind="base", datasets=entries, recipe=recipe.to_dict(),
+                       seed=recipe.seed, extra={"tiny_spec": dataclasses.asdict(model.tiny)})
+    return out
+
+
+def _link_checkpoint(
+    source_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], **manifest: Any
+) -> Path:
+    """A checkpoint whose files are symlinks to `source_dir`'s (big weights are not copied)."""
+    source = check_checkpoint_dir(source_dir)
+    out = Path(out_dir).resolve()
+    with atomic_directory(out, overwrite=True) as staging:
+        for item in sorted(source.iterdir()):
+            if item.name != LINEAGE:
+                (staging / item.name).symlink_to(item.resolve())
+        recipe = manifest.pop("recipe")
+        write_manifest(staging, recipe=recipe.to_dict(), seed=recipe.seed,
+                       extra={"linked_from": str(source)}, **manifest)
+    return out
+
+
+def _corpus(recipe: Recipe, datasets: Iterable[str | os.PathLike[str]]) -> list[str]:
+    texts: list[str] = []
+    prompts = [recipe.rl.prompt]
+    if recipe.sft is not None and recipe.sft.prompt != recipe.rl.prompt:
+        prompts.append(recipe.sft.prompt)
+    for path in datasets:
+        ds, _ = load_frame_dataset(path)
+        rows = list(ds.select_columns(list(TEXT_COLUMNS)))  # text only: no frame decoding
+        for prompt in prompts:
+            texts += tokenizer_corpus(rows, prompt)
+    return texts
+
+
+def train_sft(
+    recipe: Recipe,
+    base_dir: str | os.PathLike[str],
+    sft_frames_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tracking: dict[str, Any] | None = None,
+    *,
+    resume: bool = True,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """SFT (recipe.sft) of the base checkpoint on a frame dataset -> checkpoint `out_dir`.
+
+    With ``sft: null`` in the recipe (RL straight from the base, as in Visual-RFT) the
+    checkpoint links to the base model's files and records that no SFT was done.
+    """
+    if recipe.sft is None:
+        return _link_checkpoint(base_dir, out_dir, kind="sft", recipe=recipe, parent=base_dir,
+                                metrics={"skipped": True}, tracking=tracking)
+    return _run_stage("sft", recipe, build_sft_trainer, base_dir, sft_frames_dir, out_dir,
+                      tracking, resume, callbacks)
+
+
+def train_rl(
+    recipe: Recipe,
+    sft_dir: str | os.PathLike[str],
+    rl_frames_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tracking: dict[str, Any] | None = None,
+    *,
+    resume: bool = True,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """GRPO-family RL (recipe.rl) of the SFT checkpoint on a frame dataset -> `out_dir`."""
+    return _run_stage("rl", recipe, build_grpo_trainer, sft_dir, rl_frames_dir, out_dir,
+                      tracking, resume, callbacks)
+
+
+def _run_stage(
+    kind: str,
+    recipe: Recipe,
+    build_trainer: Callable[..., Any],
+    parent_dir: str | os.PathLike[str],
+    frames_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tracking: dict[str, Any] | None,
+    resume: bool,
+    callbacks: list[Any] | None,
+) -> Path:
+    """Train recipe.<kind> from the parent checkpoint; write the final checkpoint atomically."""
+    config = getattr(recipe, kind)
+    if recipe.model.device == "cpu":
+        config = dataclasses.replace(
+            config, trainer_kwargs={"use_cpu": True, **config.trainer_kwargs}
+        )
+    parent = check_checkpoint_dir(parent_dir)
+    if not (parent / LINEAGE).is_file():
+        raise FileNotFoundError(f"{parent} has no {LINEAGE}: make it with the previous stage")
+    dataset, _ = load_frame_dataset(frames_dir)
+    entry = dataset_entry(frames_dir, kind)
+    out = Path(out_dir).resolve()
+    work = work_dir_for(out)
+    run = {"kind": kind, "recipe_sha256": recipe.sha256, "parent": lineage_hash(parent),
+           "dataset": entry["fingerprint"]}
+    state = PartialState()
+    if state.is_main_process:  # one process changes the work directory, the others wait
+        _claim_work_dir(work, run, resume)
+        last_checkpoint(work)  # removes checkpoints cut short by a crash
+    state.wait_for_everyone()
+    checkpoint = last_checkpoint(work) if resume else None
+
+    m = recipe.model
+    loaded = load_model(parent, dtype=m.dtype, attn_implementation=m.attn_implementation)
+    trainer = build_trainer(loaded.model, loaded.processor, dataset, work, config,
+                            callbacks=callbacks)
+    if checkpoint is not None:
+        log.info("resuming %s training from %s", kind, checkpoint)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    metrics: dict[str, Any] = {"global_step": trainer.state.global_step, **output.metrics}
+    if checkpoint is not None:
+        metrics["resumed_from_step"] = int(checkpoint.name.split("-")[1])
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    if logged:
+        metrics.update({f"last_{k}": v for k, v in logged[-1].items()
+                        if isinstance(v, int | float) and k != "step"})
+    accelerator = trainer.accelerator
+    state_dict = accelerator.get_state_dict(trainer.model)  # gathers sharded (ZeRO-3/FSDP) weights
+    if accelerator.is_main_process:
+        with atomic_directory(out, overwrite=True) as staging:
+            model = accelerator.unwrap_model(trainer.model)
+            model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            loaded.processor.save_pretrained(staging)
+            (staging / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+            write_manifest(staging, kind=kind, parent=parent, datasets=[entry],
+                           recipe=recipe.to_dict(), seed=config.seed, metrics=metrics,
+                           tracking=tracking)
+        shutil.rmtree(work, ignore_errors=True)  # the final checkpoint supersedes them
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _claim_work_dir(work: Path, run: dict[str, Any], resume: bool) -> None:
+    """Keep `work` for resuming only when it belongs to this very run; otherwise empty it."""
+    run_file = work / RUN_FILE
+    if work.exists():
+        try:
+            same = json.loads(run_file.read_text(encoding="utf-8")) == run
+        except (OSError, ValueError):
+            same = False
+        if not (resume and same):
+            reason = "it belongs to another run" if resume else "resume disabled"
+            log.warning("discarding trainer checkpoints in %s (%s)", work, reason)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
