@@ -70,7 +70,7 @@ def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeRe
     with tracker.start_run(context, params={"eval": r.to_dict()["eval"], "stage": stage,
                                             "benchmark": bench_name}) as run:
         bench = load_benchmark(artifacts.frames(f"bench-{bench_name}"), name=bench_name)
-        report = evaluate(bench, model_answerer(checkpoint, gen, dtype=r.model.dtype), out,
+        report = evaluate(bench, model_answerer(checkpoint, gen, dtype=r.model.dtype, prompt=r.rl.prompt), out,
                           EvalSettings(generation=gen), checkpoint=checkpoint, stage=stage, progress=False)
         s = report["summary"]
         sens = (report.get("temporal") or {}).get("sensitivity", {}).get("all", {})

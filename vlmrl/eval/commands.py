@@ -42,7 +42,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              temperature=args.temperature or 1.0, top_p=args.top_p,
                              batch_size=args.batch_size, seed=args.seed)
     settings = EvalSettings(generation=gen, shuffled_control=not args.no_shuffled_control, limit=args.limit)
-    answer = model_answerer(args.checkpoint, gen, device=args.device, dtype=args.dtype)
+    prompt = None
+    if args.recipe:  # evaluate with the prompt the checkpoint was trained with
+        from vlmrl.recipes import load_recipe
+
+        prompt = load_recipe(args.recipe).rl.prompt
+    answer = model_answerer(args.checkpoint, gen, device=args.device, dtype=args.dtype, prompt=prompt)
     report = evaluate(bench, answer, args.out, settings, checkpoint=args.checkpoint, stage=args.stage)
     s = report["summary"]
     print((Path(args.out) / "report.md").read_text())
@@ -88,6 +93,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--no-shuffled-control", action="store_true")
     p.add_argument("--stage", default=None, help="label for the report (base, sft, rl)")
+    p.add_argument("--recipe", default=None, help="use this recipe's prompt (the one the model was trained with)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--workers", type=int, default=None)

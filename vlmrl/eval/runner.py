@@ -66,8 +66,12 @@ def shuffled_order(problem_id: str, n: int, seed: int = 0) -> list[int]:
 
 
 def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSettings,
-                   device: str | None = None, dtype: str = "float32") -> Answerer:
-    """Batched generation with a local checkpoint, visual placeholder tokens suppressed."""
+                   device: str | None = None, dtype: str = "float32", prompt: Any = None) -> Answerer:
+    """Batched generation with a local checkpoint, visual placeholder tokens suppressed.
+
+    ``prompt`` is the `PromptConfig` the checkpoint was trained with (default: the standard
+    Video-R1-style prompt); evaluating with another prompt measures something else.
+    """
     import torch
 
     from vlmrl.models import load_model
@@ -86,7 +90,7 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
 
     def answer(rows: Sequence[dict[str, Any]], frames: Sequence[Any]) -> list[str]:
         torch.manual_seed(settings.seed)
-        convs = [build_prompt(row, frames=f) for row, f in zip(rows, frames, strict=True)]
+        convs = [build_prompt(row, prompt, frames=f) for row, f in zip(rows, frames, strict=True)]
         enc = encode_chats(processor, convs)
         inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in enc.model_inputs().items()}
         gen_kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
