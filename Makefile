@@ -7,6 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+export VLMRL_ARTIFACTS ?= $(CURDIR)/$(ARTIFACTS)
+# Never reach a model hub at run time: everything is built or read locally.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export DAGSTER_DISABLE_TELEMETRY=1
+MLFLOW_DB := sqlite:///$(VLMRL_ARTIFACTS)/mlflow.db
 
 .PHONY: install run ui test lint clean
 
@@ -23,18 +30,22 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	VLMRL_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(BIN)/python -m orchestration.run
+	$(BIN)/python -m orchestration.run
 
+# Both UIs on 127.0.0.1 against the same instance and tracking store as `make run`.
 ui: install
-	VLMRL_ARTIFACTS=$(CURDIR)/$(ARTIFACTS) $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	@mkdir -p $(VLMRL_ARTIFACTS)
+	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: http://127.0.0.1:5000   (Ctrl-C stops both)"
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port 5000 & \
+	trap 'kill $$! 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 test: install
 	bash scripts/system-deps.sh  # postgresql + chromium for tests/orchestration (root, Debian)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DAGSTER_DISABLE_TELEMETRY=1 \
-		$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(ARTIFACTS) dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
+	rm -rf $(VLMRL_ARTIFACTS) dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
