@@ -65,27 +65,13 @@ def frame_rows() -> list[dict]:
 
 
 def make_dataset(rows):
-    from datasets import Dataset, Features, List, Value
-    from datasets import Image as ImageFeature
+    """An in-memory frame dataset with the real schema (the columns these rows have)."""
+    from datasets import Dataset, Features
 
-    features = Features(
-        {
-            "problem_id": Value("string"),
-            "problem": Value("string"),
-            "data_type": Value("string"),
-            "problem_type": Value("string"),
-            "options": List(Value("string")),
-            "solution": Value("string"),
-            "path": Value("string"),
-            "data_source": Value("string"),
-            "process": Value("string"),
-            "frames": List(ImageFeature()),
-            "fps": Value("float32"),
-            "frame_indices": List(Value("int32")),
-            "timestamps": List(Value("float32")),
-        }
-    )
-    return Dataset.from_list(rows, features=features)
+    from vlmrl.data.extract import dataset_features
+
+    schema = dataset_features()
+    return Dataset.from_list(rows, features=Features({k: schema[k] for k in rows[0]}))
 
 
 @pytest.fixture

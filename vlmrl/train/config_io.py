@@ -138,3 +138,18 @@ def describe(hint: Any) -> str:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The inverse, for logging a config as run parameters."""
     return dataclasses.asdict(config)
+
+
+# TrainingArguments fields that SFTTrainConfig and RLConfig share, under the same names.
+SHARED_TRAINING_ARGS = (
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+    "seed", "bf16", "logging_steps", "save_strategy", "save_steps", "save_total_limit", "report_to",
+)
+
+
+def shared_training_kwargs(config: Any) -> dict[str, Any]:
+    """The TrainingArguments both trainers take from a config, plus activation checkpointing."""
+    kwargs = {name: getattr(config, name) for name in SHARED_TRAINING_ARGS}
+    kwargs["activation_checkpointing"] = config.gradient_checkpointing
+    return kwargs

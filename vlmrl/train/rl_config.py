@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 
 from trl import GRPOConfig
 
+from vlmrl.train.config_io import shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig
 
 Algorithm = Literal["grpo", "t_grpo", "reg_grpo"]
@@ -219,15 +220,7 @@ class RLConfig:
             max_completion_length=self.max_completion_length,
             temperature=self.temperature,
             top_p=self.top_p,
-            learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps,
+            **shared_training_kwargs(self),
             num_iterations=self.num_iterations,
             loss_type=self.loss_type,
             scale_rewards=self.scale_rewards,
@@ -237,14 +230,6 @@ class RLConfig:
             mask_truncated_completions=self.mask_truncated_completions,
             importance_sampling_level=self.importance_sampling_level,
             reward_weights=self.reward_weights,
-            seed=self.seed,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-            save_strategy=self.save_strategy,
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            report_to=self.report_to,
             # Rows keep every dataset column: prompts are built from them, rewards read them.
             remove_unused_columns=False,
         )

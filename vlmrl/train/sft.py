@@ -29,6 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
+from vlmrl.train.config_io import shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
 from vlmrl.train.resume import ConvertedResumeMixin
 
@@ -74,23 +75,7 @@ class SFTTrainConfig:
     def to_trl(self, output_dir: str | os.PathLike) -> SFTConfig:
         return SFTConfig(
             output_dir=str(output_dir),
-            learning_rate=self.learning_rate,
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            seed=self.seed,
-            bf16=self.bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            logging_steps=self.logging_steps,
-            save_strategy=self.save_strategy,
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            report_to=self.report_to,
+            **shared_training_kwargs(self),
             # Our collator reads the raw columns; the vision path skips TRL's tokenisation.
             remove_unused_columns=False,
             dataset_kwargs={"skip_prepare_dataset": True},

@@ -1,0 +1,96 @@
+"""Orchestration overhead: the same pipeline steps through Dagster vs called directly.
+
+    .venv/bin/python bench/bench_orchestration.py [--recipe tiny-cpu] [--short]
+
+Runs the recipe's whole pipeline twice in one process, side by side: once by calling the
+vlmrl functions the assets wrap (synth, extract, base model, SFT, RL, three evaluations),
+once by materializing the Dagster jobs in a temporary instance (with MLflow tracking,
+checks and the asset index). Prints both wall times and the ratio; the target is an
+overhead under 10 %. `--short` uses a shortened recipe (a quick look, less meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+SHORT = {
+    "data": {"synthetic": {"sizes": {"sft": 16, "rl": 32, "bench": 16}}},
+    "sft": {"num_train_epochs": 1, "save_strategy": "no"},
+    "rl": {"max_steps": 4, "save_strategy": "no"},
+    "eval": {"max_new_tokens": 16},
+}
+
+
+def direct(recipe, root: Path) -> float:
+    from vlmrl.data.extract import extract_dataset
+    from vlmrl.data.synth import generate
+    from vlmrl.eval import EvalSettings, GenerationSettings, evaluate, load_benchmark, model_answerer
+    from vlmrl.train.pipeline import build_base_model, train_rl, train_sft
+
+    t0 = time.perf_counter()
+    raw = root / "raw"
+    generate(raw, seed=recipe.data.synthetic.seed, sizes=recipe.data.synthetic.sizes, progress=False)
+    for split, opts in (("sft", recipe.frames.train), ("rl", recipe.frames.train), ("bench", recipe.frames.eval)):
+        extract_dataset(raw / f"{split}.json", raw, root / "frames" / split, opts, progress=False)
+    base = build_base_model(recipe, root / "ckpt" / "base", [root / "frames" / "sft", root / "frames" / "rl"])
+    sft = train_sft(recipe, base, root / "frames" / "sft", root / "ckpt" / "sft")
+    rl = train_rl(recipe, sft, root / "frames" / "rl", root / "ckpt" / "rl")
+    e = recipe.eval
+    gen = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
+                             top_p=e.top_p, batch_size=e.batch_size, seed=recipe.seed)
+    bench = load_benchmark(root / "frames" / "bench", name="synthetic")
+    for stage, ckpt in (("base", base), ("sft", sft), ("rl", rl)):
+        evaluate(bench, model_answerer(ckpt, gen, prompt=recipe.rl.prompt), root / "reports" / stage,
+                 EvalSettings(generation=gen), checkpoint=ckpt, stage=stage, progress=False)
+    return time.perf_counter() - t0
+
+
+def through_dagster(recipe_name: str, overrides: dict, root: Path) -> float:
+    from dagster import DagsterInstance
+
+    from orchestration.definitions import defs
+    from orchestration.resources import ArtifactStore, RecipeResource
+    from orchestration.tracking import MlflowTracker
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    resources = {"artifacts": ArtifactStore(root=str(root / "artifacts")),
+                 "recipe": RecipeResource(recipe=recipe_name, overrides=json.dumps(overrides)),
+                 "tracker": MlflowTracker(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    t0 = time.perf_counter()
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert defs.resolve_job_def("pipeline").execute_in_process(
+            run_config=quiet, instance=instance, resources=resources).success
+        assert defs.resolve_job_def("benchmarks").execute_in_process(
+            run_config=quiet, instance=instance, resources=resources, partition_key="synthetic").success
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="tiny-cpu")
+    p.add_argument("--short", action="store_true")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vlmrl.recipes import load_recipe
+
+    overrides = SHORT if args.short else {}
+    recipe = load_recipe(args.recipe, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        t_direct = direct(recipe, Path(tmp) / "direct")
+        print(f"direct calls:     {t_direct:7.1f} s", flush=True)
+        t_dagster = through_dagster(args.recipe, overrides, Path(tmp) / "dagster")
+        print(f"through Dagster:  {t_dagster:7.1f} s", flush=True)
+    print(f"overhead: {100 * (t_dagster / t_direct - 1):+.1f} % (ratio {t_dagster / t_direct:.3f}; target < 10 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
