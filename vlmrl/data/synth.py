@@ -6,7 +6,8 @@ record format. The video families need temporal order to answer:
 - ``motion`` (multiple choice): which way a shape moves. Any single frame, or the set of
   frames in shuffled order, is ambiguous.
 - ``order`` (multiple choice): which of two objects appears first; each is shown for a
-  while and then disappears, so no single frame tells.
+  while and then disappears, so no single frame tells. The four options have distinct
+  colours (two are shown, two are distractors).
 - ``count`` (numerical): how many times a light flashes; shuffling frames merges or
   splits flashes.
 - ``position`` (regression): where a moving ball ends, as a percentage of the width;
@@ -15,8 +16,10 @@ record format. The video families need temporal order to answer:
 Image families exercise the Visual-RFT / VLM-R1 rewards: ``classify`` (classification),
 ``ground`` (grounding, pixel box), ``detect`` (detection, 0..1000 boxes) and ``ovd``.
 
-Timing is designed around the default sampling (2 fps): every video is 4 s at 8 fps, and
-each event lasts a whole 0.5 s slot, so each sampled frame shows one slot.
+The SFT split's chains of thought are short and regular (one sentence, the visual fact
+first), so a tiny model can learn them. Timing is designed around the default sampling
+(2 fps): every video is 4 s at 8 fps, and each event lasts a whole 0.5 s slot, so each
+sampled frame shows one slot.
 Everything is deterministic for a seed (x264 runs single-threaded in bit-exact mode).
 """
 
@@ -39,7 +42,7 @@ VIDEO_FPS = 8
 SLOTS = 8  # 0.5 s slots in a 4 s video
 FRAMES_PER_SLOT = 4
 N_FRAMES = SLOTS * FRAMES_PER_SLOT
-OBJ = 20  # object size in pixels
+OBJ = 28  # object size in pixels (14 after a 2x downscale to 56: one vision patch)
 
 COLORS = {
     "red": (230, 40, 40),
@@ -148,20 +151,15 @@ def motion(rng: np.random.Generator) -> Sample:
         cx, cy = (pos, fixed) if direction in ("left", "right") else (fixed, pos)
         _draw(video[t], shape, color, cx, cy)
     options, letter = _mc(rng, direction, [d for d in ("left", "right", "up", "down") if d != direction])
-    axis = "horizontal" if direction in ("left", "right") else "vertical"
     where = {"right": ("left", "right"), "left": ("right", "left"), "down": ("top", "bottom"), "up": ("bottom", "top")}[direction]
-    cot = (
-        f"<think>In the first frame the {color} {shape} is near the {where[0]}. "
-        f"In later frames it is closer to the {where[1]}, and in the last frame it is near the {where[1]}. "
-        f"The {axis} position changes steadily, so it moves {direction}.</think>"
-    )
+    cot = f"<think>It moves {direction}, from the {where[0]} to the {where[1]}.</think>"
     return Sample("motion", "multiple choice", f"In which direction does the {color} {shape} move?",
                   letter, cot, options, video=video)
 
 
 def order(rng: np.random.Generator) -> Sample:
-    combos = [(c, s) for c in COLORS for s in SHAPES]
-    objs = [combos[i] for i in rng.choice(len(combos), size=4, replace=False)]
+    # four objects of distinct colours (random shapes): two are shown, two are distractors
+    objs = [(str(c), str(rng.choice(SHAPES))) for c in rng.permutation(list(COLORS))]
     first, second = objs[0], objs[1]
     # first object in slots [a, a+d), second later; never both on screen
     d1, d2 = int(rng.integers(2, 4)), int(rng.integers(2, 4))
@@ -177,10 +175,7 @@ def order(rng: np.random.Generator) -> Sample:
             _draw(video[t], second[1], second[0], *pos[1])
     name = [f"the {c} {s}" for c, s in objs]
     options, letter = _mc(rng, name[0], name[1:])
-    cot = (
-        f"<think>Early in the video {name[0]} is visible and {name[1]} is not. "
-        f"Then {name[0]} disappears and later {name[1]} appears. So {name[0]} appears first.</think>"
-    )
+    cot = f"<think>First {name[0]} appears, then {name[1]}.</think>"
     return Sample("order", "multiple choice", "Which object appears first in the video?",
                   letter, cot, options, video=video)
 
@@ -198,10 +193,7 @@ def count(rng: np.random.Generator) -> Sample:
         if t // FRAMES_PER_SLOT in on:
             _draw(video[t], "square", color, SIZE / 2, SIZE / 2)
     pattern = " ".join("on" if s in on else "off" for s in range(SLOTS))
-    cot = (
-        f"<think>Going through the frames in order, the {color} light is: {pattern}. "
-        f"Each run of 'on' is one flash, so it flashes {n} time{'s' if n > 1 else ''}.</think>"
-    )
+    cot = f"<think>The light is {pattern}: {n} flash{'es' if n > 1 else ''}.</think>"
     return Sample("count", "numerical", f"How many times does the {color} light flash?",
                   str(n), cot, video=video)
 
@@ -219,10 +211,7 @@ def position(rng: np.random.Generator) -> Sample:
         _draw(video[t], shape, color, start + (end - start) * t / (N_FRAMES - 1), cy)
     pct = int(round(100 * end / SIZE))
     direction = "right" if end > start else "left"
-    cot = (
-        f"<think>The {color} {shape} starts at about {int(round(100 * start / SIZE))} percent of the width "
-        f"and moves {direction}. In the last frame it is at about {pct} percent.</think>"
-    )
+    cot = f"<think>It starts at {int(round(100 * start / SIZE))} and moves {direction} to {pct}.</think>"
     return Sample(
         "position", "regression",
         f"The {color} {shape} moves horizontally. Where is it at the end of the video, as a "
