@@ -10,6 +10,7 @@ and fail ("Run with UUID ... is already active"). A subprocess (accelerate, dags
 gets ``TrackedRun.env`` instead, whose MLFLOW_RUN_ID makes its callback resume this run.
 """
 
+import functools
 import os
 import re
 import warnings
@@ -42,6 +43,14 @@ def default_tracking_uri() -> str:
     root = default_artifact_root()
     local = Path(root if "://" not in root else os.environ.get("DAGSTER_HOME", "."))
     return f"sqlite:///{local.resolve() / 'mlflow.db'}"
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> MlflowClient:
+    """One client per store and process: building one costs ~50 ms (store set-up)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
 
 
 def is_secret(key: str) -> bool:
@@ -116,9 +125,7 @@ class MlflowTracker(ConfigurableResource):
         return self.tracking_uri or default_tracking_uri()
 
     def client(self) -> MlflowClient:
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=self.uri)
+        return _client(self.uri)
 
     def experiment_id(self, client: MlflowClient) -> str:
         if exp := client.get_experiment_by_name(self.experiment):

@@ -60,6 +60,7 @@ def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeRe
     )
 
     r = recipe.load()
+    r.model.apply_threads()
     bench_name = context.partition_key
     e = r.eval
     gen = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,

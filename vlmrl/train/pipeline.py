@@ -183,6 +183,7 @@ def _run_stage(
     callbacks: list[Any] | None,
 ) -> Path:
     """Train recipe.<kind> from the parent checkpoint; write the final checkpoint atomically."""
+    recipe.model.apply_threads()
     config = getattr(recipe, kind)
     if recipe.model.device == "cpu":
         config = dataclasses.replace(
