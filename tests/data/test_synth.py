@@ -96,3 +96,14 @@ def test_sizes_parse():
     assert SynthSizes.parse("sft=3,rl=5") == SynthSizes(sft=3, rl=5)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         SynthSizes.parse("dev=3")
+
+
+def test_sft_video_weights():
+    from vlmrl.data.synth import _family_plan
+
+    rng = np.random.default_rng(0)
+    plan = _family_plan(rng, 20, 0.5, {"motion": 3, "order": 1})
+    assert plan.count("motion") == 8 and plan.count("order") == 2 and len(plan) == 20
+    assert plan.count("count") == plan.count("position") == 0
+    with pytest.raises(ValueError, match="unknown video families"):
+        SynthSizes(sft_video_weights={"classify": 1.0})

@@ -67,6 +67,17 @@ class SynthSizes:
     rl: int = 256
     bench: int = 128
     video_fraction: float = 0.8
+    # Relative weights of the video families in the SFT split (None: equal shares). A tiny
+    # model learns to read the frames sooner when the multiple-choice families dominate.
+    sft_video_weights: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sft_video_weights is not None:
+            unknown = sorted(set(self.sft_video_weights) - set(VIDEO_FAMILIES))
+            if unknown:
+                raise ValueError(f"sft_video_weights: unknown video families {unknown} ({', '.join(VIDEO_FAMILIES)})")
+            if any(w < 0 for w in self.sft_video_weights.values()) or not sum(self.sft_video_weights.values()) > 0:
+                raise ValueError("sft_video_weights: weights must be >= 0 with a positive sum")
 
     @classmethod
     def parse(cls, text: str) -> SynthSizes:
@@ -310,9 +321,19 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = VID
             container.mux(packet)
 
 
-def _family_plan(rng: np.random.Generator, n: int, video_fraction: float) -> list[str]:
+def _family_plan(rng: np.random.Generator, n: int, video_fraction: float,
+                 video_weights: dict[str, float] | None = None) -> list[str]:
     n_video = int(round(n * video_fraction))
-    plan = [VIDEO_FAMILIES[i % len(VIDEO_FAMILIES)] for i in range(n_video)]
+    if video_weights is None:
+        plan = [VIDEO_FAMILIES[i % len(VIDEO_FAMILIES)] for i in range(n_video)]
+    else:
+        # largest-remainder shares of n_video, in VIDEO_FAMILIES order
+        w = np.array([float(video_weights.get(f, 0.0)) for f in VIDEO_FAMILIES])
+        exact = n_video * w / w.sum()
+        counts = np.floor(exact).astype(int)
+        for j in np.argsort(-(exact - counts), kind="stable")[: n_video - int(counts.sum())]:
+            counts[j] += 1
+        plan = [f for f, c in zip(VIDEO_FAMILIES, counts, strict=True) for _ in range(int(c))]
     plan += [IMAGE_FAMILIES[i % len(IMAGE_FAMILIES)] for i in range(n - n_video)]
     rng.shuffle(plan)
     return plan
@@ -337,7 +358,8 @@ def generate(out: str | os.PathLike[str], seed: int = 0, sizes: SynthSizes | Non
         rng = np.random.default_rng([seed, offset])
         rows = []
         counts: dict[str, int] = {}
-        for i, family in enumerate(_family_plan(rng, n, sizes.video_fraction)):
+        weights = sizes.sft_video_weights if split == "sft" else None
+        for i, family in enumerate(_family_plan(rng, n, sizes.video_fraction, weights)):
             sample = FAMILIES[family](rng)
             pid = f"{split}-{family}-{i:05d}"
             if sample.video is not None:
