@@ -14,6 +14,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
@@ -138,6 +139,26 @@ def describe(hint: Any) -> str:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The inverse, for logging a config as run parameters."""
     return dataclasses.asdict(config)
+
+
+@dataclass
+class RunSettings:
+    """Run-level TrainingArguments both trainer configs carry (inherited by SFT and RL).
+
+    seed; bf16: mixed precision (a GPU that supports it); gradient_checkpointing: trade
+    compute for memory; logging_steps, report_to: logging ("none", "mlflow", ...);
+    save_strategy, save_steps, save_total_limit: the trainer's own checkpoints (what a run
+    resumes from; the default keeps only the newest one).
+    """
+
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_strategy: str = "no"
+    save_steps: float = 500
+    save_total_limit: int | None = 1
+    report_to: str | list[str] = "none"
 
 
 # TrainingArguments fields that SFTTrainConfig and RLConfig share, under the same names.

@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from trl import GRPOConfig
 
-from vlmrl.train.config_io import shared_training_kwargs
+from vlmrl.train.config_io import RunSettings, shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig
 
 Algorithm = Literal["grpo", "t_grpo", "reg_grpo"]
@@ -121,7 +121,7 @@ class AugmentConfig:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(RunSettings):
     """GRPO-family RL hyper-parameters (defaults: Video-R1's T-GRPO recipe, 7B scale).
 
     Sampling: num_generations (G), max_completion_length, temperature, top_p.
@@ -135,8 +135,7 @@ class RLConfig:
         reward_params (per-name bound parameters), reward_weights (per reward function,
         shaping terms excluded), accuracy_reward (the reward whose value is "accuracy" for
         the temporal / length shaping).
-    Logging / resume: logging_steps, report_to ("none", "mlflow", ...), save_strategy,
-        save_steps, save_total_limit (the trainer's own checkpoints, kept for resuming).
+    Seed, precision, logging and the trainer's own checkpoints (resume): `RunSettings`.
     trainer_kwargs: any other GRPOConfig field, passed through unchanged.
     """
 
@@ -172,14 +171,6 @@ class RLConfig:
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    seed: int = 42
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_strategy: str = "no"
-    save_steps: float = 500
-    save_total_limit: int | None = 1
-    report_to: str | list[str] = "none"
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

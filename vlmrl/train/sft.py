@@ -29,23 +29,20 @@ from trl import SFTConfig, SFTTrainer
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
-from vlmrl.train.config_io import shared_training_kwargs
+from vlmrl.train.config_io import RunSettings, shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
 from vlmrl.train.resume import ConvertedResumeMixin
 
 
 @dataclass
-class SFTTrainConfig:
+class SFTTrainConfig(RunSettings):
     """SFT hyper-parameters (defaults: Video-R1's SFT stage, scaled by the recipe).
 
     learning_rate, num_train_epochs, max_steps (-1: epochs decide), per_device_train_batch_size,
     gradient_accumulation_steps (Video-R1: effective batch 8), lr_scheduler_type,
-    warmup_steps (int steps, or a float in [0, 1): a ratio), weight_decay, max_grad_norm,
-    seed: as in transformers.TrainingArguments.
-    bf16: mixed precision (needs a GPU that supports it). gradient_checkpointing: trade
-    compute for memory. logging_steps, report_to: logging ("none", "mlflow", ...).
-    save_strategy, save_steps, save_total_limit: the trainer's own checkpoints (what a run
-    resumes from; the default keeps only the newest one).
+    warmup_steps (int steps, or a float in [0, 1): a ratio), weight_decay, max_grad_norm:
+    as in transformers.TrainingArguments. Seed, precision, logging and checkpointing: see
+    `RunSettings`.
     require_process: drop rows without a CoT trace (a Video-R1 SFT set has one everywhere).
     prompt: how rows become prompts (shared with RL and evaluation).
     trainer_kwargs: any other SFTConfig field, passed through unchanged.
@@ -60,14 +57,6 @@ class SFTTrainConfig:
     warmup_steps: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    seed: int = 42
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_strategy: str = "no"
-    save_steps: float = 500
-    save_total_limit: int | None = 1
-    report_to: str | list[str] = "none"
     require_process: bool = False
     prompt: PromptConfig = field(default_factory=PromptConfig)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
