@@ -108,18 +108,6 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
     return answer
 
 
-def _answer_all(answer: Answerer, rows: list[dict[str, Any]], frames: list[Any], batch_size: int,
-                desc: str, progress: bool) -> list[str]:
-    out: list[str] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="sample", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        batch = slice(start, start + batch_size)
-        out += answer(rows[batch], frames[batch])
-        bar.update(len(rows[batch]))
-    bar.close()
-    return out
-
-
 def _prediction(row: dict[str, Any], completion: str, shuffled: bool, order: list[int] | None) -> dict[str, Any]:
     return {"problem_id": row["problem_id"], "problem_type": row["problem_type"], "data_type": row["data_type"],
             "data_source": row.get("data_source", ""), "options": row.get("options") or [],
@@ -143,18 +131,26 @@ def evaluate(
     settings = settings or EvalSettings()
     ds = benchmark.dataset
     n = len(ds) if settings.limit is None else min(settings.limit, len(ds))
-    rows = [ds[i] for i in range(n)]
     t0 = time.perf_counter()
     bs = settings.generation.batch_size
-    ordered = _answer_all(answer, rows, [r["frames"] for r in rows], bs, f"eval {benchmark.name}", progress)
-    predictions = [_prediction(r, c, False, None) for r, c in zip(rows, ordered, strict=True)]
+    predictions: list[dict[str, Any]] = []
     shuffled_preds: list[dict[str, Any]] = []
-    if settings.shuffled_control:
-        video = [r for r in rows if r["data_type"] == "video" and len(r["frames"]) > 1]
-        orders = [shuffled_order(r["problem_id"], len(r["frames"]), settings.generation.seed) for r in video]
-        frames = [[r["frames"][i] for i in o] for r, o in zip(video, orders, strict=True)]
-        answers = _answer_all(answer, video, frames, bs, f"shuffled {benchmark.name}", progress)
-        shuffled_preds = [_prediction(r, c, True, o) for r, c, o in zip(video, answers, orders, strict=True)]
+    bar = tqdm(total=n, desc=f"eval {benchmark.name}", unit="sample", disable=not progress)
+    # One batch of rows in memory at a time: its frames serve the ordered answers and, for
+    # its videos, the shuffled control, so each row's frames are decoded once.
+    for start in range(0, n, bs):
+        rows = [ds[i] for i in range(start, min(start + bs, n))]
+        answers = answer(rows, [r["frames"] for r in rows])
+        predictions += [_prediction(r, c, False, None) for r, c in zip(rows, answers, strict=True)]
+        if settings.shuffled_control:
+            video = [r for r in rows if r["data_type"] == "video" and len(r["frames"]) > 1]
+            orders = [shuffled_order(r["problem_id"], len(r["frames"]), settings.generation.seed) for r in video]
+            if video:
+                frames = [[r["frames"][i] for i in o] for r, o in zip(video, orders, strict=True)]
+                shuffled_preds += [_prediction(r, c, True, o) for r, c, o
+                                   in zip(video, answer(video, frames), orders, strict=True)]
+        bar.update(len(rows))
+    bar.close()
     seconds = time.perf_counter() - t0
     scored = score_predictions(predictions)
     scored_shuffled = score_predictions(shuffled_preds)
