@@ -200,6 +200,10 @@ class Recipe:
             if config is not None and config.lr_scheduler_type not in schedulers:
                 raise ConfigError(f"{section}.lr_scheduler_type",
                                   f"expected one of {', '.join(schedulers)}")
+        for i, phase in enumerate(self.sft.curriculum if self.sft is not None else []):
+            if phase.lr_scheduler_type not in schedulers:
+                raise ConfigError(f"sft.curriculum[{i}].lr_scheduler_type",
+                                  f"expected one of {', '.join(schedulers)}")
         self._check_rewards()
 
     def _check_rewards(self) -> None:

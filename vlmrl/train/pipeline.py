@@ -37,7 +37,7 @@ from vlmrl.models.loading import check_checkpoint_dir, load_model
 from vlmrl.recipes import Recipe
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
-from vlmrl.train.sft import build_sft_trainer
+from vlmrl.train.sft import build_sft_trainer, select_families
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,10 @@ def _run_stage(
     checkpoint = last_checkpoint(work) if resume else None
 
     m = recipe.model
-    loaded = load_model(parent, dtype=m.dtype, attn_implementation=m.attn_implementation)
+    start, phases = parent, []
+    if kind == "sft" and config.curriculum:
+        start, phases = _run_curriculum(recipe, config, parent, dataset, work, resume, callbacks)
+    loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
     trainer = build_trainer(loaded.model, loaded.processor, dataset, work, config,
                             callbacks=callbacks)
     if checkpoint is not None:
@@ -214,6 +217,9 @@ def _run_stage(
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     metrics: dict[str, Any] = {"global_step": trainer.state.global_step, **output.metrics}
+    if phases:
+        metrics["curriculum"] = phases
+        metrics["curriculum_steps"] = sum(p["global_step"] for p in phases)
     if checkpoint is not None:
         metrics["resumed_from_step"] = int(checkpoint.name.split("-")[1])
     logged = [e for e in trainer.state.log_history if "loss" in e]
@@ -234,6 +240,57 @@ def _run_stage(
         shutil.rmtree(work, ignore_errors=True)  # the final checkpoint supersedes them
     accelerator.wait_for_everyone()
     return out
+
+
+def _run_curriculum(
+    recipe: Recipe,
+    config: Any,
+    parent: Path,
+    dataset: Any,
+    work: Path,
+    resume: bool,
+    callbacks: list[Any] | None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """SFT curriculum phases (config.curriculum), each in ``work/phase-<i>``.
+
+    A finished phase leaves its weights in ``phase-<i>/final`` (written atomically), which
+    the next phase, or the main phase, starts from; a resumed run skips finished phases and
+    resumes an unfinished one from its own trainer checkpoints.
+    Returns the directory the main phase starts from and a summary per phase.
+    """
+    m = recipe.model
+    start, summaries = parent, []
+    for i, phase in enumerate(config.curriculum, 1):
+        phase_dir = work / f"phase-{i}"
+        final = phase_dir / "final"
+        rows = select_families(dataset, phase.families)
+        summary = {"phase": i, "families": list(phase.families), "rows": len(rows),
+                   "global_step": phase.max_steps}
+        if resume and (final / "config.json").is_file():  # atomic: present means complete
+            log.info("curriculum phase %d already done (%s)", i, final)
+        else:
+            checkpoint = last_checkpoint(phase_dir) if resume and phase_dir.is_dir() else None
+            loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
+            trainer = build_sft_trainer(loaded.model, loaded.processor, rows, phase_dir,
+                                        config.phase(phase), callbacks=callbacks)
+            log.info("curriculum phase %d: %d steps on %s (%d rows)", i, phase.max_steps,
+                     ", ".join(phase.families), len(rows))
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            summary.update(global_step=trainer.state.global_step,
+                           train_loss=output.metrics.get("train_loss"))
+            accelerator = trainer.accelerator
+            state_dict = accelerator.get_state_dict(trainer.model)
+            if accelerator.is_main_process:
+                with atomic_directory(final, overwrite=True) as staging:
+                    model = accelerator.unwrap_model(trainer.model)
+                    model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+                    loaded.processor.save_pretrained(staging)
+                for old in phase_dir.glob("checkpoint-*"):  # superseded by final
+                    shutil.rmtree(old, ignore_errors=True)
+            accelerator.wait_for_everyone()
+        summaries.append(summary)
+        start = final
+    return start, summaries
 
 
 def _claim_work_dir(work: Path, run: dict[str, Any], resume: bool) -> None:

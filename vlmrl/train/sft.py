@@ -15,8 +15,9 @@ It never truncates: visual tokens cannot be cut.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,34 @@ from vlmrl.train.resume import ConvertedResumeMixin
 
 
 @dataclass
+class SFTPhase:
+    """One curriculum phase: SFT on some question families only, before the full mix.
+
+    families: the families it trains on, matched against the last part of a row's
+    data_source ("motion" matches "synthetic/motion") or the whole data_source.
+    max_steps: its length in optimizer steps.
+    learning_rate: None: the main phase's. lr_scheduler_type: "constant" by default (a
+    phase that only has to break a plateau gains nothing from decaying).
+    Batch size, clipping, precision and seed are the main phase's.
+
+    Why phases exist: the embedded tiny model only learns to read its frames when SFT
+    starts on one family alone (docs/results.md); mixing families from the first step
+    keeps it blind to the video however long it trains.
+    """
+
+    families: list[str] = field(default_factory=list)
+    max_steps: int = 0
+    learning_rate: float | None = None
+    lr_scheduler_type: str = "constant"
+
+    def __post_init__(self) -> None:
+        if not self.families:
+            raise ValueError("a curriculum phase needs at least one family")
+        if self.max_steps < 1:
+            raise ValueError("a curriculum phase needs max_steps >= 1")
+
+
+@dataclass
 class SFTTrainConfig(RunSettings):
     """SFT hyper-parameters (defaults: Video-R1's SFT stage, scaled by the recipe).
 
@@ -44,6 +73,8 @@ class SFTTrainConfig(RunSettings):
     as in transformers.TrainingArguments. Seed, precision, logging and checkpointing: see
     `RunSettings`.
     require_process: drop rows without a CoT trace (a Video-R1 SFT set has one everywhere).
+    curriculum: phases (`SFTPhase`) run in order before the main phase on all rows; each
+    starts from the previous one's weights with a fresh optimizer.
     prompt: how rows become prompts (shared with RL and evaluation).
     trainer_kwargs: any other SFTConfig field, passed through unchanged.
     """
@@ -58,8 +89,20 @@ class SFTTrainConfig(RunSettings):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     require_process: bool = False
+    curriculum: list[SFTPhase] = field(default_factory=list)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, phase: SFTPhase) -> SFTTrainConfig:
+        """The config one curriculum phase trains with (no nested curriculum)."""
+        return dataclasses.replace(
+            self,
+            curriculum=[],
+            max_steps=phase.max_steps,
+            learning_rate=self.learning_rate if phase.learning_rate is None else phase.learning_rate,
+            lr_scheduler_type=phase.lr_scheduler_type,
+            warmup_steps=0.0,
+        )
 
     def to_trl(self, output_dir: str | os.PathLike) -> SFTConfig:
         return SFTConfig(
@@ -84,6 +127,28 @@ def sft_example(row: Mapping[str, Any], prompt: PromptConfig | None = None) -> d
     completion = [{"role": "assistant", "content": [{"type": "text", "text": sft_target(row)}]}]
     images = [row["frames"][0]] if row["data_type"] == "image" else []
     return {"prompt": messages, "completion": completion, "images": images}
+
+
+def family_of(data_source: str) -> str:
+    """The question family of a data_source: its last part ("synthetic/motion" -> "motion")."""
+    return data_source.rsplit("/", 1)[-1]
+
+
+def select_families(frames: Dataset, families: Sequence[str]) -> Dataset:
+    """The rows whose data_source (or its family) is one of `families`; each must match some row."""
+    wanted = set(families)
+    sources = frames.unique("data_source")
+    matched = {f for f in wanted for s in sources if f in (s, family_of(s))}
+    missing = sorted(wanted - matched)
+    if missing:
+        raise ValueError(
+            f"curriculum families {missing} match no row's data_source; "
+            f"the dataset has: {', '.join(sorted(sources))}"
+        )
+    return frames.filter(
+        lambda source: source in wanted or family_of(source) in wanted,
+        input_columns="data_source",
+    )
 
 
 def sft_dataset(
