@@ -1,4 +1,4 @@
-"""Atomic directories: build next to the target, rename into place, never half-written."""
+"""Atomic directories and files: build next to the target, rename into place, never half-written."""
 
 from __future__ import annotations
 
@@ -35,3 +35,12 @@ def atomic_directory(out_dir: str | os.PathLike, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary sibling and a rename: readers never see half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmrl import __version__
+from vlmrl.atomic import atomic_write_text
 from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
 
 LINEAGE = "lineage.json"
@@ -251,9 +252,7 @@ def record_asset(index: str | os.PathLike[str], key: str, entry: dict[str, Any])
     path = Path(index)
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data[key] = entry
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def resolve_target(target: str, index: str | os.PathLike[str]) -> Path:

@@ -50,29 +50,17 @@ def _latest_path(instance: Any, key: AssetKey, partition: str | None) -> str | N
 
 def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResource,
                     artifacts: ArtifactStore, tracker: MlflowTracker):
-    from vlmrl.eval import (
-        EvalSettings,
-        GenerationSettings,
-        delta,
-        evaluate,
-        load_benchmark,
-        model_answerer,
-    )
+    from vlmrl.eval import delta, evaluate_checkpoint, load_benchmark
 
     r = recipe.load()
-    r.model.apply_threads()
     bench_name = context.partition_key
-    e = r.eval
-    gen = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
-                             top_p=e.top_p, batch_size=e.batch_size, seed=r.seed)
     checkpoint = artifacts.checkpoint(stage)
     out = artifacts.report(bench_name, stage, context.run_id)
     previous = _latest_path(context.instance, context.asset_key, bench_name)  # before this run's
     with tracker.start_run(context, params={"eval": r.to_dict()["eval"], "stage": stage,
                                             "benchmark": bench_name}) as run:
         bench = load_benchmark(artifacts.frames(f"bench-{bench_name}"), name=bench_name)
-        report = evaluate(bench, model_answerer(checkpoint, gen, dtype=r.model.dtype, prompt=r.rl.prompt), out,
-                          EvalSettings(generation=gen), checkpoint=checkpoint, stage=stage, progress=False)
+        report = evaluate_checkpoint(r, checkpoint, bench, out, stage=stage)
         s = report["summary"]
         sens = (report.get("temporal") or {}).get("sensitivity", {}).get("all", {})
         headline = {"accuracy": s["accuracy"]["mean"], "mc_accuracy": s["mc_accuracy"]["mean"],

@@ -12,7 +12,8 @@ import pytest
 INSTANCE_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 SHORT = {
     "data": {"synthetic": {"sizes": {"sft": 8, "rl": 8, "bench": 8}}},
-    "sft": {"num_train_epochs": 1, "save_strategy": "no"},
+    "sft": {"num_train_epochs": 1, "save_strategy": "no",
+            "curriculum": [{"families": ["motion"], "max_steps": 2}]},
     "rl": {"max_steps": 2, "save_strategy": "no"},
     "eval": {"max_new_tokens": 8},
 }

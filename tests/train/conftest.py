@@ -101,7 +101,7 @@ def tiny_rl_model_dir(tmp_path_factory, frame_dataset):
 SHORT = {
     "frames": {"train": {"max_frames": 4}},
     "sft": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
-            "save_steps": 2},
+            "save_steps": 2, "curriculum": [{"families": ["motion"], "max_steps": 2}]},
     "rl": {"max_steps": 3, "per_device_train_batch_size": 8, "max_completion_length": 8,
            "logging_steps": 1, "save_steps": 1},
 }

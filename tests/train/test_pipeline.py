@@ -176,3 +176,73 @@ def test_recipe_without_sft_links_the_base_model(short_recipe, stage_base, stage
     assert manifest["kind"] == "sft" and manifest["metrics"] == {"skipped": True}
     assert (out / "model.safetensors").resolve() == (stage_base / "model.safetensors").resolve()
     assert audit(out).ok
+
+
+class PhaseProbe(TrainerCallback):
+    """Per trainer started: its first weights and how many steps it ran; optionally crashes
+    at step `crash_at` of trainer number `crash_in` (1-based)."""
+
+    def __init__(self, crash_in=None, crash_at=None):
+        self.starts, self.steps = [], []
+        self.crash_in, self.crash_at = crash_in, crash_at
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        self.steps.append(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps[-1] += 1
+        if len(self.steps) == self.crash_in and state.global_step == self.crash_at:
+            raise Interrupted("killed in the main phase")
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_curriculum_phases_chain_and_resume(short_recipe, stage_base, stage_frames, tmp_path):
+    from datasets import load_from_disk
+
+    phases = [{"families": ["motion"], "max_steps": 2, "learning_rate": 1e-3},
+              {"families": ["synthetic/count"], "max_steps": 1}]
+    recipe = short_recipe.override({"sft": {"curriculum": phases}})
+    out = tmp_path / "sft"
+    rows = load_from_disk(str(stage_frames["sft"])).select_columns(["data_source"])
+    n_motion = sum(s.endswith("/motion") for s in rows["data_source"])
+    n_count = sum(s.endswith("/count") for s in rows["data_source"])
+
+    # crash in the main phase (third trainer) after both phases finished
+    first = PhaseProbe(crash_in=3, crash_at=3)
+    with pytest.raises(Interrupted):
+        train_sft(recipe, stage_base, stage_frames["sft"], out, callbacks=[first])
+    assert first.steps == [2, 1, 3]
+    base = load_model(stage_base).model.state_dict()
+    assert _same(first.starts[0], base)  # phase 1 starts from the base
+    assert not _same(first.starts[1], base)  # phase 2 from phase 1's weights
+    phase2 = load_model(work_dir_for(out) / "phase-2" / "final").model.state_dict()
+    assert _same(first.starts[2], phase2)  # the main phase from phase 2's
+    assert not out.exists()
+
+    # the rerun skips the finished phases and resumes the main phase
+    second = PhaseProbe()
+    train_sft(recipe, stage_base, stage_frames["sft"], out, callbacks=[second])
+    assert second.steps == [2]  # main phase resumed at its checkpoint-2: steps 3 and 4
+    metrics = read_manifest(out)["metrics"]
+    assert metrics["global_step"] == recipe.sft.max_steps
+    assert [{k: p[k] for k in ("phase", "families", "rows", "global_step")}
+            for p in metrics["curriculum"]] == [
+        {"phase": 1, "families": ["motion"], "rows": n_motion, "global_step": 2},
+        {"phase": 2, "families": ["synthetic/count"], "rows": n_count, "global_step": 1},
+    ]
+    assert all(p["train_loss"] > 0 for p in metrics["curriculum"])  # read back, not retrained
+    assert metrics["curriculum_steps"] == 3
+    assert not work_dir_for(out).exists()
+
+
+def test_curriculum_family_that_matches_no_row_is_named(short_recipe, stage_base, stage_frames,
+                                                        tmp_path):
+    recipe = short_recipe.override({"sft": {"curriculum": [{"families": ["juggling"],
+                                                            "max_steps": 1}]}})
+    with pytest.raises(ValueError, match=r"\['juggling'\] match no row.*synthetic/motion"):
+        train_sft(recipe, stage_base, stage_frames["sft"], tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()

@@ -13,7 +13,9 @@ from vlmrl.eval.runner import (
     EvalSettings,
     GenerationSettings,
     evaluate,
+    evaluate_checkpoint,
     model_answerer,
+    recipe_generation,
     shuffled_order,
 )
 
@@ -27,10 +29,12 @@ __all__ = [
     "delta",
     "eval_score",
     "evaluate",
+    "evaluate_checkpoint",
     "load_benchmark",
     "model_answerer",
     "plot_stages",
     "read_report",
+    "recipe_generation",
     "shuffled_order",
     "stage_table",
     "summarize",

@@ -111,7 +111,7 @@ def _filter(ds: Any, spec: BenchmarkSpec) -> Any:
     if spec.problem_types is None:
         return ds
     keep = set(spec.problem_types)
-    return ds.filter(lambda t: t in keep, input_columns=["problem_type"])
+    return ds.filter(lambda t: t in keep, input_columns=["problem_type"], keep_in_memory=True)
 
 
 def with_frames(spec: BenchmarkSpec, **changes: Any) -> BenchmarkSpec:

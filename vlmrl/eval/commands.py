@@ -74,6 +74,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from vlmrl.eval.ablation import AblationPlan, run_ablation
+    from vlmrl.recipes import load_recipe
+    from vlmrl.train.commands import _assignments
+
+    root = Path(args.artifacts)  # `make run`'s layout, unless the inputs are given one by one
+    plan = AblationPlan(
+        recipe=load_recipe(args.recipe, _assignments(args.set, "--set")),
+        sft_dir=Path(args.sft or root / "checkpoints" / "sft"),
+        rl_frames=Path(args.rl_frames or root / "frames" / "rl"),
+        bench_frames=Path(args.bench_frames or root / "frames" / "bench-synthetic"),
+        out_dir=Path(args.out or root / "ablation"),
+        variants=args.variants.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        workers=args.workers,
+    )
+    for name in ("sft_dir", "rl_frames", "bench_frames"):
+        if not getattr(plan, name).is_dir():
+            raise FileNotFoundError(f"{name}: {getattr(plan, name)} does not exist (run `make run` first, "
+                                    "or pass --sft / --rl-frames / --bench-frames)")
+    summary = run_ablation(plan)
+    print((plan.out_dir / "ablation.md").read_text())
+    print(f"written: {plan.out_dir / 'ablation.json'}, ablation.md, ablation.png")
+    return 0 if not summary["missing"] else 1
+
+
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a benchmark and write a report")
     p.add_argument("--checkpoint", required=True, help="local model directory")
@@ -104,3 +130,17 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--previous", default=None, help="an earlier report of the last checkpoint (drift)")
     c.set_defaults(func=cmd_compare)
+
+    a = sub.add_parser("ablate", help="RL ablation: GRPO vs T-GRPO vs Reg-GRPO, several seeds, one SFT checkpoint")
+    a.add_argument("--recipe", default="tiny-cpu", help="a recipe file, or a name from configs/")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
+    a.add_argument("--artifacts", default="artifacts", help="where `make run` wrote its artifacts")
+    a.add_argument("--sft", default=None, help="SFT checkpoint (default: ARTIFACTS/checkpoints/sft)")
+    a.add_argument("--rl-frames", default=None, help="RL frame dataset (default: ARTIFACTS/frames/rl)")
+    a.add_argument("--bench-frames", default=None,
+                   help="benchmark frame dataset (default: ARTIFACTS/frames/bench-synthetic)")
+    a.add_argument("--out", default=None, help="output directory (default: ARTIFACTS/ablation)")
+    a.add_argument("--variants", default="grpo,t_grpo,reg_grpo")
+    a.add_argument("--seeds", default="0,1,2")
+    a.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
+    a.set_defaults(func=cmd_ablate)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmrl.atomic import atomic_write_text
+
 REPORT = "report.json"
 FORMAT = "vlmrl.report/1"
 
@@ -25,12 +27,6 @@ def _pct(est: dict[str, Any] | None) -> str:
     if low is None or math.isnan(low):
         return f"{100 * est['mean']:.1f}"
     return f"{100 * est['mean']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -118,13 +114,13 @@ def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT).unlink(missing_ok=True)  # an old complete marker must not outlive a rewrite
-    _atomic_write(out / "predictions.jsonl",
+    atomic_write_text(out / "predictions.jsonl",
                   "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    _atomic_write(out / "report.md", markdown(report))
+    atomic_write_text(out / "report.md", markdown(report))
     plot_report(report, out / "accuracy.png")
     report = {**report, "format": FORMAT,
               "files": {"predictions": "predictions.jsonl", "markdown": "report.md", "plot": "accuracy.png"}}
-    _atomic_write(out / REPORT, json.dumps(report, indent=1, default=float) + "\n")
+    atomic_write_text(out / REPORT, json.dumps(report, indent=1, default=float) + "\n")
     return out / REPORT
 
 

@@ -178,3 +178,23 @@ def evaluate(
                               "sensitivity": temporal_sensitivity(scored, scored_shuffled, seed=seed)}
     write_report(out_dir, report, scored + scored_shuffled)
     return report
+
+
+def recipe_generation(recipe: Any) -> GenerationSettings:
+    """The generation settings of a recipe's ``eval`` section (seeded by the recipe seed)."""
+    e = recipe.eval
+    return GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample,
+                              temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
+                              seed=recipe.seed)
+
+
+def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchmark: LoadedBenchmark,
+                        out_dir: str | os.PathLike[str], stage: str | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+    """Evaluate a checkpoint the way `recipe` says: its generation settings, its prompt (the
+    one the checkpoint was trained with), its dtype and thread count; shuffled control on."""
+    recipe.model.apply_threads()
+    gen = recipe_generation(recipe)
+    answer = model_answerer(checkpoint, gen, dtype=recipe.model.dtype, prompt=recipe.rl.prompt)
+    return evaluate(benchmark, answer, out_dir, EvalSettings(generation=gen), checkpoint=checkpoint,
+                    stage=stage, progress=progress)

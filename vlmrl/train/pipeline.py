@@ -45,6 +45,7 @@ WORK_SUFFIX = ".work"
 RUN_FILE = "run.json"  # in the work directory: which run its checkpoints belong to
 TRAIN_LOG = "train_log.json"  # in the final checkpoint: the trainer's log history
 TRAINER_STATE = "trainer_state.json"  # written last into a trainer checkpoint
+PHASE_FILE = "phase.json"  # in a finished curriculum phase's weights: its summary
 TEXT_COLUMNS = ("problem", "options", "problem_type", "process", "solution", "data_type")
 
 
@@ -263,11 +264,11 @@ def _run_curriculum(
     for i, phase in enumerate(config.curriculum, 1):
         phase_dir = work / f"phase-{i}"
         final = phase_dir / "final"
-        rows = select_families(dataset, phase.families)
-        summary = {"phase": i, "families": list(phase.families), "rows": len(rows),
-                   "global_step": phase.max_steps}
-        if resume and (final / "config.json").is_file():  # atomic: present means complete
+        rows = select_families(dataset, phase.families)  # fails first if a family matches nothing
+        done = final / PHASE_FILE
+        if resume and done.is_file():  # written inside the atomic final dir: present = complete
             log.info("curriculum phase %d already done (%s)", i, final)
+            summaries.append(json.loads(done.read_text(encoding="utf-8")))
         else:
             checkpoint = last_checkpoint(phase_dir) if resume and phase_dir.is_dir() else None
             loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
@@ -276,8 +277,10 @@ def _run_curriculum(
             log.info("curriculum phase %d: %d steps on %s (%d rows)", i, phase.max_steps,
                      ", ".join(phase.families), len(rows))
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            summary.update(global_step=trainer.state.global_step,
-                           train_loss=output.metrics.get("train_loss"))
+            summary = {"phase": i, "families": list(phase.families), "rows": len(rows),
+                       "global_step": trainer.state.global_step,
+                       "train_loss": output.metrics.get("train_loss")}
+            summaries.append(summary)
             accelerator = trainer.accelerator
             state_dict = accelerator.get_state_dict(trainer.model)
             if accelerator.is_main_process:
@@ -285,10 +288,10 @@ def _run_curriculum(
                     model = accelerator.unwrap_model(trainer.model)
                     model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
                     loaded.processor.save_pretrained(staging)
+                    (staging / PHASE_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
                 for old in phase_dir.glob("checkpoint-*"):  # superseded by final
                     shutil.rmtree(old, ignore_errors=True)
             accelerator.wait_for_everyone()
-        summaries.append(summary)
         start = final
     return start, summaries
 

@@ -145,10 +145,8 @@ def select_families(frames: Dataset, families: Sequence[str]) -> Dataset:
             f"curriculum families {missing} match no row's data_source; "
             f"the dataset has: {', '.join(sorted(sources))}"
         )
-    return frames.filter(
-        lambda source: source in wanted or family_of(source) in wanted,
-        input_columns="data_source",
-    )
+    keep = [i for i, s in enumerate(frames["data_source"]) if s in wanted or family_of(s) in wanted]
+    return frames.select(keep)  # an in-memory index: nothing is written into the dataset's folder
 
 
 def sft_dataset(
@@ -156,7 +154,9 @@ def sft_dataset(
 ) -> Dataset:
     """The frame dataset viewed (lazily, no copy) as SFT prompt/completion examples."""
     if require_process:
-        frames = frames.filter(lambda p: bool(p and p.strip()), input_columns="process")
+        # in memory: a cache file in the dataset's folder would break its content hash
+        frames = frames.filter(lambda p: bool(p and p.strip()), input_columns="process",
+                               keep_in_memory=True)
     if len(frames) == 0:
         raise ValueError("no SFT rows left (require_process drops rows without a CoT trace)")
 
