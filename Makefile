@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE=1
 export DAGSTER_DISABLE_TELEMETRY=1
 MLFLOW_DB := sqlite:///$(VLMRL_ARTIFACTS)/mlflow.db
 
-.PHONY: install run ui test lint clean
+.PHONY: install run ui test lint clean ablation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m orchestration.run
+
+# The RL ablation (issue 7), from the SFT checkpoint and frames `make run` left in the artifacts.
+ablation: install
+	$(BIN)/vlmrl ablate --artifacts $(VLMRL_ARTIFACTS)
 
 # Both UIs on 127.0.0.1 against the same instance and tracking store as `make run`.
 ui: install
