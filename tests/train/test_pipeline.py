@@ -246,3 +246,22 @@ def test_curriculum_family_that_matches_no_row_is_named(short_recipe, stage_base
     with pytest.raises(ValueError, match=r"\['juggling'\] match no row.*synthetic/motion"):
         train_sft(recipe, stage_base, stage_frames["sft"], tmp_path / "sft")
     assert not (tmp_path / "sft").exists()
+
+
+def test_freeze_vision_trains_the_language_model_only(short_recipe, stage_base, stage_frames, tmp_path):
+    recipe = short_recipe.override({"sft": {"freeze_vision": True, "curriculum": [],
+                                            "save_strategy": "no"}})
+    out = train_sft(recipe, stage_base, stage_frames["sft"], tmp_path / "sft")
+    before = load_model(stage_base).model.state_dict()
+    after = load_model(out).model.state_dict()
+    vision = [k for k in before if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    language = [k for k in before if k not in vision]
+    assert sum(not torch.equal(before[k], after[k]) for k in language) > len(language) // 2
+
+
+def test_freeze_vision_needs_a_vision_tower():
+    from vlmrl.models.loading import freeze_vision_tower
+
+    with pytest.raises(ValueError, match="Linear has no vision tower"):
+        freeze_vision_tower(torch.nn.Linear(2, 2))

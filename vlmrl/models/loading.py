@@ -125,3 +125,17 @@ def load_processor(path: str | os.PathLike) -> ProcessorMixin:
     """The processor alone (for data preparation or evaluation setup)."""
     directory = check_checkpoint_dir(path)
     return AutoProcessor.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+
+
+def freeze_vision_tower(model: Any) -> int:
+    """Stop gradients into the vision encoder (Qwen2.5-VL's ``model.visual``, patch merger
+    included); returns how many parameters were frozen. Raises if the model has none."""
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None)
+    if visual is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower (`model.visual`) to freeze")
+    frozen = 0
+    for p in visual.parameters():
+        p.requires_grad_(False)
+        frozen += p.numel()
+    return frozen

@@ -149,6 +149,7 @@ class RunSettings:
     compute for memory; logging_steps, report_to: logging ("none", "mlflow", ...);
     save_strategy, save_steps, save_total_limit: the trainer's own checkpoints (what a run
     resumes from; the default keeps only the newest one).
+    freeze_vision: train the language model only (the vision encoder keeps its weights).
     """
 
     seed: int = 42
@@ -159,6 +160,7 @@ class RunSettings:
     save_steps: float = 500
     save_total_limit: int | None = 1
     report_to: str | list[str] = "none"
+    freeze_vision: bool = False
 
 
 # TrainingArguments fields that SFTTrainConfig and RLConfig share, under the same names.

@@ -33,7 +33,7 @@ from accelerate import PartialState
 from vlmrl.atomic import atomic_directory
 from vlmrl.data.extract import load_frame_dataset
 from vlmrl.lineage import LINEAGE, dataset_entry, lineage_hash, write_manifest
-from vlmrl.models.loading import check_checkpoint_dir, load_model
+from vlmrl.models.loading import check_checkpoint_dir, freeze_vision_tower, load_model
 from vlmrl.recipes import Recipe
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
@@ -211,6 +211,8 @@ def _run_stage(
     if kind == "sft" and config.curriculum:
         start, phases = _run_curriculum(recipe, config, parent, dataset, work, resume, callbacks)
     loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
+    if config.freeze_vision:
+        log.info("vision tower frozen: %d parameters", freeze_vision_tower(loaded.model))
     trainer = build_trainer(loaded.model, loaded.processor, dataset, work, config,
                             callbacks=callbacks)
     if checkpoint is not None:
@@ -272,6 +274,8 @@ def _run_curriculum(
         else:
             checkpoint = last_checkpoint(phase_dir) if resume and phase_dir.is_dir() else None
             loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
+            if config.freeze_vision:
+                freeze_vision_tower(loaded.model)
             trainer = build_sft_trainer(loaded.model, loaded.processor, rows, phase_dir,
                                         config.phase(phase), callbacks=callbacks)
             log.info("curriculum phase %d: %d steps on %s (%d rows)", i, phase.max_steps,
