@@ -14,7 +14,7 @@ SHORT = {
     "data": {"synthetic": {"sizes": {"sft": 8, "rl": 8, "bench": 8}}},
     "sft": {"num_train_epochs": 1, "save_strategy": "no",
             "curriculum": [{"families": ["motion"], "max_steps": 2}]},
-    "rl": {"max_steps": 2, "save_strategy": "no"},
+    "rl": {"max_steps": 2, "save_strategy": "no", "per_device_train_batch_size": 16},
     "eval": {"max_new_tokens": 8},
 }
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
