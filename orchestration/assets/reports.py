@@ -30,6 +30,7 @@ from orchestration.assets.models import base_model, rl_checkpoint, sft_checkpoin
 from orchestration.executors import GPU_POOL, gpu_tags
 from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
+from vlmrl.data.records import family_of
 from vlmrl.hashing import sha256_file
 
 STAGES = {"base": base_model, "sft": sft_checkpoint, "rl": rl_checkpoint}
@@ -144,7 +145,7 @@ def stage_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "format_compliance": s["format_compliance"]["mean"],
             "temporal_sensitivity": sens.get("mean"),
             "temporal_sensitivity_ci": sens.get("ci"),
-            "families": {name.split("/")[-1]: est["mean"] for name, est in s["by_data_source"].items()},
+            "families": {family_of(name): est["mean"] for name, est in s["by_data_source"].items()},
             "problem_types": {name: est["mean"] for name, est in s["by_problem_type"].items()},
         }
     return {"chance": chance, "stages": stages}

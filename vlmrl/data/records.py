@@ -100,6 +100,11 @@ class LoadedAnnotations:
     errors: list[RowError]
 
 
+def family_of(data_source: str | None) -> str:
+    """The question family of a data_source: its last part ("synthetic/motion" -> "motion")."""
+    return (data_source or "").rsplit("/", 1)[-1]
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[Any]:
     """Read a JSON list or a JSONL file; a JSONL line that is not JSON names its line."""
     path = Path(path)

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmrl.atomic import atomic_write_text
+from vlmrl.data.records import family_of
 from vlmrl.eval.metrics import Estimate, bootstrap_delta, bootstrap_mean
+from vlmrl.eval.report import _pct
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"algorithm": "grpo"},
@@ -83,7 +85,6 @@ def _run_one(recipe_dict: dict[str, Any], variant: str, seed: int, sft_dir: str,
     from vlmrl.train.pipeline import train_rl
 
     recipe = Recipe.from_dict(recipe_dict).override({"seed": seed, "rl": VARIANTS[variant]})
-    recipe.model.apply_threads()
     out = Path(run_dir)
     checkpoint = out / "checkpoint"
     if not (checkpoint / "lineage.json").is_file():
@@ -138,7 +139,7 @@ class RunScores:
             r = json.loads(line)
             (shuffled if r["shuffled"] else ordered)[r["problem_id"]] = float(r["score"])
             ptype[r["problem_id"]] = r["problem_type"]
-            family[r["problem_id"]] = (r.get("data_source") or "").rsplit("/", 1)[-1]
+            family[r["problem_id"]] = family_of(r.get("data_source"))
         return cls(ordered, shuffled, ptype, family)
 
     def mc(self) -> dict[str, float]:
@@ -158,20 +159,23 @@ def _est(values: Mapping[str, float]) -> dict[str, Any]:
     return bootstrap_mean(list(values.values())).as_dict()
 
 
-def _variant_summary(runs: dict[int, RunScores]) -> dict[str, Any]:
+def _variant_summary(runs: dict[int, RunScores]) -> tuple[dict[str, Any], dict[str, float],
+                                                          dict[str, float]]:
+    """The variant's figures, and its seed-averaged MC and sensitivity scores per question."""
     seeds = sorted(runs)
     mc = _seed_average([runs[s].mc() for s in seeds])
     sens = _seed_average([runs[s].sensitivity() for s in seeds])
-    first = runs[seeds[0]]
-    families: dict[str, dict[str, Any]] = {}
+    ordered = _seed_average([runs[s].ordered for s in seeds])
+    family = runs[seeds[0]].family
     by_family: dict[str, list[str]] = defaultdict(list)
-    for k in _seed_average([runs[s].ordered for s in seeds]):
-        by_family[first.family[k]].append(k)
+    for k in ordered:
+        by_family[family[k]].append(k)
+    families: dict[str, dict[str, Any]] = {}
     for fam, keys in sorted(by_family.items()):
-        acc = {k: sum(runs[s].ordered[k] for s in seeds) / len(seeds) for k in keys}
-        sen = {k: v for k, v in sens.items() if first.family[k] == fam}
-        families[fam] = {"accuracy": _est(acc), "temporal_sensitivity": _est(sen) if sen else None}
-    return {
+        sen = {k: v for k, v in sens.items() if family[k] == fam}
+        families[fam] = {"accuracy": _est({k: ordered[k] for k in keys}),
+                         "temporal_sensitivity": _est(sen) if sen else None}
+    summary = {
         "seeds": seeds,
         "per_seed": {
             str(s): {"mc_accuracy": _est(runs[s].mc()), "temporal_sensitivity": _est(runs[s].sensitivity())}
@@ -180,9 +184,8 @@ def _variant_summary(runs: dict[int, RunScores]) -> dict[str, Any]:
         "mc_accuracy": _est(mc),
         "temporal_sensitivity": _est(sens),
         "by_family": families,
-        "_mc": mc,
-        "_sens": sens,
     }
+    return summary, mc, sens
 
 
 def _paired(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any]:
@@ -196,6 +199,7 @@ def _paired(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any]:
 def summarize_ablation(plan: AblationPlan) -> dict[str, Any]:
     """Aggregate every finished run under plan.out_dir (missing runs are listed, not guessed)."""
     variants: dict[str, Any] = {}
+    scores: dict[str, tuple[dict[str, float], dict[str, float]]] = {}  # MC, sensitivity
     missing = []
     for v in plan.variants:
         runs = {}
@@ -206,18 +210,15 @@ def summarize_ablation(plan: AblationPlan) -> dict[str, Any]:
             else:
                 missing.append(f"{v}/seed-{s}")
         if runs:
-            variants[v] = _variant_summary(runs)
+            variants[v], *scores[v] = _variant_summary(runs)
     comparisons = []
     for a, b in COMPARISONS:
         if a in variants and b in variants:
             comparisons.append({
                 "a": a, "b": b,
-                "mc_accuracy_delta": _paired(variants[a]["_mc"], variants[b]["_mc"]),
-                "temporal_sensitivity_delta": _paired(variants[a]["_sens"], variants[b]["_sens"]),
+                "mc_accuracy_delta": _paired(scores[a][0], scores[b][0]),
+                "temporal_sensitivity_delta": _paired(scores[a][1], scores[b][1]),
             })
-    for summary in variants.values():
-        summary.pop("_mc")
-        summary.pop("_sens")
     r = plan.recipe.rl
     return {
         "recipe": plan.recipe.name,
@@ -233,15 +234,6 @@ def summarize_ablation(plan: AblationPlan) -> dict[str, Any]:
         "comparisons": comparisons,
         "missing": missing,
     }
-
-
-def _pct(est: Mapping[str, Any] | None) -> str:
-    if not est or est.get("mean") is None or math.isnan(est["mean"]):
-        return "–"
-    low, high = est["ci"]
-    if math.isnan(low):
-        return f"{100 * est['mean']:.1f}"
-    return f"{100 * est['mean']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def ablation_markdown(summary: Mapping[str, Any]) -> str:

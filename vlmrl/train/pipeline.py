@@ -206,13 +206,10 @@ def _run_stage(
     state.wait_for_everyone()
     checkpoint = last_checkpoint(work) if resume else None
 
-    m = recipe.model
     start, phases = parent, []
     if kind == "sft" and config.curriculum:
         start, phases = _run_curriculum(recipe, config, parent, dataset, work, resume, callbacks)
-    loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
-    if config.freeze_vision:
-        log.info("vision tower frozen: %d parameters", freeze_vision_tower(loaded.model))
+    loaded = _load_for_training(recipe, config, start)
     trainer = build_trainer(loaded.model, loaded.processor, dataset, work, config,
                             callbacks=callbacks)
     if checkpoint is not None:
@@ -229,20 +226,41 @@ def _run_stage(
     if logged:
         metrics.update({f"last_{k}": v for k, v in logged[-1].items()
                         if isinstance(v, int | float) and k != "step"})
+
+    def describe(staging: Path) -> None:
+        (staging / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        write_manifest(staging, kind=kind, parent=parent, datasets=[entry],
+                       recipe=recipe.to_dict(), seed=config.seed, metrics=metrics,
+                       tracking=tracking)
+
+    _save_trained(trainer, loaded.processor, out, describe, superseded=[work])
+    return out
+
+
+def _load_for_training(recipe: Recipe, config: Any, start: Path) -> Any:
+    """The model a trainer starts from, with the vision tower frozen if the config says so."""
+    m = recipe.model
+    loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
+    if config.freeze_vision:
+        log.info("vision tower frozen: %d parameters", freeze_vision_tower(loaded.model))
+    return loaded
+
+
+def _save_trained(trainer: Any, processor: Any, out: Path, describe: Callable[[Path], None],
+                  superseded: Sequence[Path]) -> None:
+    """Weights (gathered if sharded), processor and `describe`'s files into `out`, atomically,
+    on the main process; then the trainer checkpoints in `superseded` are deleted."""
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model)  # gathers sharded (ZeRO-3/FSDP) weights
     if accelerator.is_main_process:
         with atomic_directory(out, overwrite=True) as staging:
             model = accelerator.unwrap_model(trainer.model)
             model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-            loaded.processor.save_pretrained(staging)
-            (staging / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-            write_manifest(staging, kind=kind, parent=parent, datasets=[entry],
-                           recipe=recipe.to_dict(), seed=config.seed, metrics=metrics,
-                           tracking=tracking)
-        shutil.rmtree(work, ignore_errors=True)  # the final checkpoint supersedes them
+            processor.save_pretrained(staging)
+            describe(staging)
+        for path in superseded:
+            shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return out
 
 
 def _run_curriculum(
@@ -261,7 +279,6 @@ def _run_curriculum(
     resumes an unfinished one from its own trainer checkpoints.
     Returns the directory the main phase starts from and a summary per phase.
     """
-    m = recipe.model
     start, summaries = parent, []
     for i, phase in enumerate(config.curriculum, 1):
         phase_dir = work / f"phase-{i}"
@@ -273,9 +290,7 @@ def _run_curriculum(
             summaries.append(json.loads(done.read_text(encoding="utf-8")))
         else:
             checkpoint = last_checkpoint(phase_dir) if resume and phase_dir.is_dir() else None
-            loaded = load_model(start, dtype=m.dtype, attn_implementation=m.attn_implementation)
-            if config.freeze_vision:
-                freeze_vision_tower(loaded.model)
+            loaded = _load_for_training(recipe, config, start)
             trainer = build_sft_trainer(loaded.model, loaded.processor, rows, phase_dir,
                                         config.phase(phase), callbacks=callbacks)
             log.info("curriculum phase %d: %d steps on %s (%d rows)", i, phase.max_steps,
@@ -285,17 +300,12 @@ def _run_curriculum(
                        "global_step": trainer.state.global_step,
                        "train_loss": output.metrics.get("train_loss")}
             summaries.append(summary)
-            accelerator = trainer.accelerator
-            state_dict = accelerator.get_state_dict(trainer.model)
-            if accelerator.is_main_process:
-                with atomic_directory(final, overwrite=True) as staging:
-                    model = accelerator.unwrap_model(trainer.model)
-                    model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-                    loaded.processor.save_pretrained(staging)
-                    (staging / PHASE_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
-                for old in phase_dir.glob("checkpoint-*"):  # superseded by final
-                    shutil.rmtree(old, ignore_errors=True)
-            accelerator.wait_for_everyone()
+
+            def describe(staging: Path, summary: dict[str, Any] = summary) -> None:
+                (staging / PHASE_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
+
+            _save_trained(trainer, loaded.processor, final, describe,
+                          superseded=sorted(phase_dir.glob("checkpoint-*")))
         start = final
     return start, summaries
 

@@ -27,6 +27,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, ProcessorMixin
 from trl import SFTConfig, SFTTrainer
 
+from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
@@ -127,11 +128,6 @@ def sft_example(row: Mapping[str, Any], prompt: PromptConfig | None = None) -> d
     completion = [{"role": "assistant", "content": [{"type": "text", "text": sft_target(row)}]}]
     images = [row["frames"][0]] if row["data_type"] == "image" else []
     return {"prompt": messages, "completion": completion, "images": images}
-
-
-def family_of(data_source: str) -> str:
-    """The question family of a data_source: its last part ("synthetic/motion" -> "motion")."""
-    return data_source.rsplit("/", 1)[-1]
 
 
 def select_families(frames: Dataset, families: Sequence[str]) -> Dataset:
