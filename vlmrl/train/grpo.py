@@ -557,6 +557,8 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         mode = self._mode()
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         loss = result.loss / normalizer
+        if self.rl.regression.loss_scale == "policy":  # see RegressionConfig.loss_scale
+            loss = loss * (self.rl.regression.eps**0.5 / 2)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
         gathered = self.accelerator.gather

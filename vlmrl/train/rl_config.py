@@ -83,10 +83,16 @@ class RegressionConfig:
         scale there: d A^theta / d rho = 1 / sqrt(eps), so with num_iterations = 1 the update
         is a group-centred policy gradient scaled by 2 / sqrt(eps) (Adam normalises the
         scale; max_grad_norm bounds it).
+    loss_scale: "policy" divides the loss by 2 / sqrt(eps), so that the on-policy gradient
+        has the policy gradient's scale and `max_grad_norm` clips Reg-GRPO where it clips
+        GRPO; "raw" keeps the paper's loss, whose gradient is then clipped at every step
+        (measured on the learning self-tests: a question-dependent control reward 0.51 ->
+        0.66 in 40 steps with "raw", -> 0.94 unclipped).
     """
 
     sequence_logprob: Literal["sum", "mean"] = "mean"
     eps: float = 1e-4
+    loss_scale: Literal["policy", "raw"] = "policy"
 
 
 @dataclass
@@ -178,6 +184,8 @@ class RLConfig(RunSettings):
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.regression.sequence_logprob not in ("sum", "mean"):
             raise ValueError("regression.sequence_logprob must be 'sum' or 'mean'")
+        if self.regression.loss_scale not in ("policy", "raw"):
+            raise ValueError("regression.loss_scale must be 'policy' or 'raw'")
         if self.regression.eps <= 0:
             raise ValueError("regression.eps must be > 0")
         if self.algorithm == "reg_grpo" and self.scale_rewards != "group":
