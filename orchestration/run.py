@@ -53,17 +53,26 @@ def main() -> int:
     first = next(iter(summary["benchmarks"].values()), None)
     if first:  # the headline benchmark's figures at top level (the held-out synthetic split)
         summary.update(chance=first["chance"], **first["stages"])
+    headroom = Path(artifacts.root) / "reports" / "rl_training" / "headroom.json"
+    if headroom.is_file():  # the SFT model's sampled pass@1 / pass@k on the RL split
+        summary["rl_headroom"] = json.loads(headroom.read_text())
     out = Path(artifacts.root) / "summary.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
 
     for bench, data in summary["benchmarks"].items():
         print(f"\n{bench}: (MC chance {_pct(data['chance'])} %)")
-        print("  stage  MC acc [95% CI]          format  temporal sens.")
+        print("  stage  MC acc [95% CI]          sampled  format  temporal sens.")
         for stage, f in data["stages"].items():
             lo, hi = f["mc_accuracy_ci"]
-            print(f"  {stage:<5} {_pct(f['mc_accuracy'])} [{_pct(lo)}, {_pct(hi)}]   {_pct(f['format_compliance'])}   "
+            print(f"  {stage:<5} {_pct(f['mc_accuracy'])} [{_pct(lo)}, {_pct(hi)}]   "
+                  f"{_pct(f.get('mc_accuracy_sampled'))}   {_pct(f['format_compliance'])}   "
                   f"{_pct(f['temporal_sensitivity'])}")
         print(f"  reports: {Path(artifacts.root) / 'reports' / bench}")
+    if h := summary.get("rl_headroom"):
+        k = h["k"]
+        print(f"\nRL headroom (SFT, RL split, {h['n']} MC questions, T={h.get('temperature')}): "
+              f"pass@1 {_pct(h.get('pass@1'))}, pass@{k} {_pct(h.get(f'pass@{k}'))}, "
+              f"groups with signal {_pct(h.get('mixed_groups'))}")
     print(f"\n{'OK' if ok else 'FAILED'} in {wall:.0f} s. summary: {out}")
     print(f"MLflow: {tracker.uri} (UI: make ui -> {tracker.ui_url}); Dagster UI: make ui -> http://127.0.0.1:3000")
     return 0 if ok else 1

@@ -119,6 +119,10 @@ class EvalSettings:
     top_p: float = 0.001
     do_sample: bool = True
     batch_size: int = 8
+    # RL headroom diagnostic: the SFT model's sampled pass@1 / pass@k on the first
+    # `headroom_questions` multiple-choice questions of the RL split (0: off).
+    headroom_k: int = 8
+    headroom_questions: int = 128
 
 
 @dataclass

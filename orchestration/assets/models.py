@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
+    MetadataValue,
     asset,
     asset_check,
 )
@@ -67,7 +68,8 @@ def _weight_stats(path: Path) -> dict[str, int]:
 
 
 def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore, tracker: MlflowTracker,
-                       run: Any, path: Path, name: str, parent_key: str | None):
+                       run: Any, path: Path, name: str, parent_key: str | None,
+                       extra: dict[str, Any] | None = None):
     manifest = read_manifest(path)
     datasets = [{"name": f"{d['role']}:{Path(d['path']).name}", "digest": d["fingerprint"][:16],
                  "source": d["path"]} for d in manifest["datasets"]]
@@ -80,7 +82,7 @@ def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore,
     meta = {"lineage_sha256": lineage_hash(path), "kind": manifest["kind"],
             "parent": (manifest.get("parent") or {}).get("path", ""),
             "datasets": json.dumps({d["role"]: d["fingerprint"][:16] for d in manifest["datasets"]}),
-            "code_commit": str(manifest["code"].get("git_commit")), **metrics, **model}
+            "code_commit": str(manifest["code"].get("git_commit")), **metrics, **model, **(extra or {})}
     return result(context, artifacts, path, lineage_hash(path), meta, run)
 
 
@@ -117,13 +119,24 @@ def sft_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artif
 def rl_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
                   tracker: MlflowTracker):
     """GRPO-family RL (T-GRPO by default) from the SFT checkpoint."""
+    from vlmrl.train.diagnostics import rl_headroom, write_training_curves
     from vlmrl.train.pipeline import train_rl
 
     r = _with_mlflow(recipe.load())
+    out = artifacts.path("reports", "rl_training")
     with tracker.start_run(context, params=r.to_dict()) as run:
+        # what RL can learn from: the SFT model's sampled pass@1 vs pass@k on the RL split
+        headroom = rl_headroom(r, artifacts.checkpoint("sft"), artifacts.frames("rl"), out)
+        log_metrics({f"sft_rl_split_{k.replace('@', '_at_')}": v for k, v in headroom.items()
+                     if isinstance(v, float)})
         path = train_rl(r, artifacts.checkpoint("sft"), artifacts.frames("rl"),
                         artifacts.checkpoint("rl"), tracking=_tracking(context, run))
-        return _checkpoint_result(context, artifacts, tracker, run, path, "rl_checkpoint", "sft_checkpoint")
+        plot = write_training_curves(path, out)
+        extra = {"sft_pass@1_rl_split": headroom["pass@1"],
+                 f"sft_pass@{headroom['k']}_rl_split": headroom[f"pass@{headroom['k']}"],
+                 "training_curves": MetadataValue.path(str(plot))}
+        return _checkpoint_result(context, artifacts, tracker, run, path, "rl_checkpoint",
+                                  "sft_checkpoint", extra)
 
 
 def _verify(artifacts: ArtifactStore, stage: str) -> AssetCheckResult:

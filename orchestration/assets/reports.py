@@ -139,9 +139,12 @@ def stage_summary(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         s = r["summary"]
         chance = chance if chance is not None else s.get("chance")
         sens = (r.get("temporal") or {}).get("sensitivity", {}).get("all", {})
+        sampled = (r.get("sampled") or {}).get("summary", {}).get("mc_accuracy", {})
         stages[stage] = {
             "mc_accuracy": s["mc_accuracy"]["mean"],
             "mc_accuracy_ci": s["mc_accuracy"]["ci"],
+            "mc_accuracy_sampled": sampled.get("mean"),
+            "mc_accuracy_sampled_ci": sampled.get("ci"),
             "format_compliance": s["format_compliance"]["mean"],
             "temporal_sensitivity": sens.get("mean"),
             "temporal_sensitivity_ci": sens.get("ci"),

@@ -49,6 +49,10 @@ class EvalSettings:
 
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     shuffled_control: bool = True
+    # Also answer every question once more by sampling (temperature `sampled_temperature`):
+    # what RL optimises is the sampled policy, whose accuracy greedy decoding can hide.
+    sampled: bool = False
+    sampled_temperature: float = 1.0
     bootstrap_seed: int = 0
     limit: int | None = None  # evaluate only the first N samples (smoke runs)
 
@@ -88,14 +92,18 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def answer(rows: Sequence[dict[str, Any]], frames: Sequence[Any]) -> list[str]:
-        torch.manual_seed(settings.seed)
+    def answer(rows: Sequence[dict[str, Any]], frames: Sequence[Any], *,
+               temperature: float | None = None, seed: int | None = None) -> list[str]:
+        """Greedy (or as `settings` say); a `temperature` samples at it (top_p 1)."""
+        torch.manual_seed(settings.seed if seed is None else seed)
         convs = [build_prompt(row, prompt, frames=f) for row, f in zip(rows, frames, strict=True)]
         enc = encode_chats(processor, convs)
         inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in enc.model_inputs().items()}
         gen_kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                                       "suppress_tokens": suppress, "pad_token_id": pad_id}
-        if settings.do_sample:
+        if temperature is not None:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=None)
+        elif settings.do_sample:
             gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         else:  # keep sampling-only knobs out of greedy decoding (transformers warns otherwise)
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -135,6 +143,7 @@ def evaluate(
     bs = settings.generation.batch_size
     predictions: list[dict[str, Any]] = []
     shuffled_preds: list[dict[str, Any]] = []
+    sampled_preds: list[dict[str, Any]] = []
     bar = tqdm(total=n, desc=f"eval {benchmark.name}", unit="sample", disable=not progress)
     # One batch of rows in memory at a time: its frames serve the ordered answers and, for
     # its videos, the shuffled control, so each row's frames are decoded once.
@@ -142,6 +151,11 @@ def evaluate(
         rows = [ds[i] for i in range(start, min(start + bs, n))]
         answers = answer(rows, [r["frames"] for r in rows])
         predictions += [_prediction(r, c, False, None) for r, c in zip(rows, answers, strict=True)]
+        if settings.sampled:
+            sampled = answer(rows, [r["frames"] for r in rows],
+                             temperature=settings.sampled_temperature,
+                             seed=settings.generation.seed + start)
+            sampled_preds += [_prediction(r, c, False, None) for r, c in zip(rows, sampled, strict=True)]
         if settings.shuffled_control:
             video = [r for r in rows if r["data_type"] == "video" and len(r["frames"]) > 1]
             orders = [shuffled_order(r["problem_id"], len(r["frames"]), settings.generation.seed) for r in video]
@@ -173,6 +187,9 @@ def evaluate(
         "throughput": {"samples": len(scored) + len(scored_shuffled), "seconds": round(seconds, 3),
                        "samples_per_s": round((len(scored) + len(scored_shuffled)) / seconds, 3) if seconds else None},
     }
+    if settings.sampled:
+        report["sampled"] = {"temperature": settings.sampled_temperature,
+                             "summary": summarize(score_predictions(sampled_preds), seed=seed)}
     if settings.shuffled_control:
         report["temporal"] = {"summary": summarize(scored_shuffled, seed=seed),
                               "sensitivity": temporal_sensitivity(scored, scored_shuffled, seed=seed)}
@@ -192,9 +209,11 @@ def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchma
                         out_dir: str | os.PathLike[str], stage: str | None = None,
                         progress: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint the way `recipe` says: its generation settings, its prompt (the
-    one the checkpoint was trained with), its dtype and thread count; shuffled control on."""
+    one the checkpoint was trained with), its dtype and thread count; shuffled control on, and
+    one sampled answer per question at the RL temperature next to the greedy one."""
     recipe.model.apply_threads()
     gen = recipe_generation(recipe)
     answer = model_answerer(checkpoint, gen, dtype=recipe.model.dtype, prompt=recipe.rl.prompt)
-    return evaluate(benchmark, answer, out_dir, EvalSettings(generation=gen), checkpoint=checkpoint,
+    settings = EvalSettings(generation=gen, sampled=True, sampled_temperature=recipe.rl.temperature)
+    return evaluate(benchmark, answer, out_dir, settings, checkpoint=checkpoint,
                     stage=stage, progress=progress)
