@@ -54,12 +54,13 @@ def test_training_curves_from_a_log(tmp_path):
         {"step": 10, "rewards/accuracy/mean": 0.5, "rewards/format/mean": 0.9,
          "frac_reward_zero_std": 0.25, "temporal/p": 0.5, "temporal/p_shuffled": 0.4},
         {"step": 20, "rewards/accuracy/mean": 0.6, "rewards/format/mean": 1.0,
-         "frac_reward_zero_std": 0.2, "loss": 0.1},
+         "frac_reward_zero_std": 0.2, "loss": 0.1, "accuracy_by_family/motion": 0.7},
         {"train_runtime": 12.0},  # the final summary row has no step
     ]
     curves = training_curves(history)
     assert curves["accuracy"] == [(10, 0.5), (20, 0.6)]
     assert curves["frac_reward_zero_std"] == [(10, 0.25), (20, 0.2)]
     assert curves["temporal/p_shuffled"] == [(10, 0.4)] and "loss" not in curves
+    assert curves["accuracy: motion"] == [(20, 0.7)]
     path = plot_training_curves(history, tmp_path / "curves.png")
     assert path.stat().st_size > 1000

@@ -242,6 +242,10 @@ def test_algorithms_train_two_steps(tiny_rl_model_dir, frame_dataset, tmp_path, 
     assert any(
         not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
     )
+    # the accuracy reward per data family (the fixture mixes motion videos and colour images)
+    families = [{k for k in log if k.startswith("accuracy_by_family/")} for log in logs]
+    assert all(families) and set().union(*families) <= {
+        "accuracy_by_family/motion", "accuracy_by_family/color"}
     if overrides["algorithm"] == "t_grpo":
         assert all("temporal/p" in log or log.get("temporal/video_groups") == 0 for log in logs)
     if overrides.get("dynamic_sampling"):

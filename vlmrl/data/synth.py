@@ -70,8 +70,20 @@ class SynthSizes:
     # Relative weights of the video families in the SFT split (None: equal shares). A tiny
     # model learns to read the frames sooner when the multiple-choice families dominate.
     sft_video_weights: dict[str, float] | None = None
+    # An imperfect teacher: this share of the SFT split's multiple-choice video rows (motion,
+    # order) carries a wrong but self-consistent chain of thought and answer.
+    sft_error_rate: float = 0.0
+    # A temporal shortcut in the RL split only: with this probability a multiple-choice video
+    # row's colours give its answer away (motion: the colour names the direction; order: the
+    # red object appears first), a cue any single frame (or the question text) shows. The SFT
+    # and benchmark splits keep independent colours, so a model that learnt the cue is at
+    # chance on the benchmark, one that reads the order of the frames is not.
+    rl_shortcut: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("sft_error_rate", "rl_shortcut", "video_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.sft_video_weights is not None:
             unknown = sorted(set(self.sft_video_weights) - set(VIDEO_FAMILIES))
             if unknown:
@@ -150,9 +162,15 @@ def _obj(rng: np.random.Generator) -> tuple[str, str]:
 # ---------------------------------------------------------------- video families
 
 
-def motion(rng: np.random.Generator) -> Sample:
+DIRECTIONS = ("left", "right", "up", "down")
+SHORTCUT_COLOR = dict(zip(DIRECTIONS, COLORS, strict=True))  # left: red, right: green, ...
+
+
+def motion(rng: np.random.Generator, shortcut: bool = False) -> Sample:
     color, shape = _obj(rng)
-    direction = str(rng.choice(["left", "right", "up", "down"]))
+    direction = str(rng.choice(DIRECTIONS))
+    if shortcut:
+        color = SHORTCUT_COLOR[direction]
     lo, hi = OBJ, SIZE - OBJ
     fixed = float(rng.uniform(lo, hi))
     start, end = (lo, hi) if direction in ("right", "down") else (hi, lo)
@@ -168,9 +186,11 @@ def motion(rng: np.random.Generator) -> Sample:
                   letter, cot, options, video=video)
 
 
-def order(rng: np.random.Generator) -> Sample:
+def order(rng: np.random.Generator, shortcut: bool = False) -> Sample:
     # four objects of distinct colours (random shapes): two are shown, two are distractors
     objs = [(str(c), str(rng.choice(SHAPES))) for c in rng.permutation(list(COLORS))]
+    if shortcut:  # the red object is the one that appears first
+        objs.sort(key=lambda o: o[0] != "red")
     first, second = objs[0], objs[1]
     # first object in slots [a, a+d), second later; never both on screen
     d1, d2 = int(rng.integers(2, 4)), int(rng.integers(2, 4))
@@ -301,6 +321,25 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Sample]] = {
 }
 
 
+SHORTCUT_FAMILIES = ("motion", "order")  # the multiple-choice video families
+
+
+def _wrong_teacher(sample: Sample, rng: np.random.Generator) -> Sample:
+    """The same sample with another option's chain of thought and answer (self-consistent)."""
+    correct = LETTERS.index(sample.answer)
+    letter = LETTERS[int(rng.choice([i for i in range(len(sample.options)) if i != correct]))]
+    wrong = sample.options[LETTERS.index(letter)].split(". ", 1)[1]
+    right = sample.options[correct].split(". ", 1)[1]
+    if sample.family == "motion":
+        where = {"right": ("left", "right"), "left": ("right", "left"),
+                 "down": ("top", "bottom"), "up": ("bottom", "top")}[wrong]
+        cot = f"<think>It moves {wrong}, from the {where[0]} to the {where[1]}.</think>"
+    else:  # order: the wrong object first, the right one second
+        cot = f"<think>First {wrong} appears, then {right}.</think>"
+    return Sample(sample.family, sample.problem_type, sample.question, letter, cot,
+                  sample.options, video=sample.video)
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -359,8 +398,17 @@ def generate(out: str | os.PathLike[str], seed: int = 0, sizes: SynthSizes | Non
         rows = []
         counts: dict[str, int] = {}
         weights = sizes.sft_video_weights if split == "sft" else None
+        flips: dict[str, int] = {}
         for i, family in enumerate(_family_plan(rng, n, sizes.video_fraction, weights)):
-            sample = FAMILIES[family](rng)
+            if family in SHORTCUT_FAMILIES:
+                # draws only when a knob is on: the default data stay what they were
+                shortcut = split == "rl" and sizes.rl_shortcut > 0 and rng.random() < sizes.rl_shortcut
+                sample = FAMILIES[family](rng, shortcut=shortcut)
+                if split == "sft" and sizes.sft_error_rate > 0 and rng.random() < sizes.sft_error_rate:
+                    sample = _wrong_teacher(sample, rng)
+                    flips[family] = flips.get(family, 0) + 1
+            else:
+                sample = FAMILIES[family](rng)
             pid = f"{split}-{family}-{i:05d}"
             if sample.video is not None:
                 rel = f"videos/{pid}.mp4"
@@ -385,7 +433,8 @@ def generate(out: str | os.PathLike[str], seed: int = 0, sizes: SynthSizes | Non
             bar.update(1)
         ann = out / f"{split}.json"
         ann.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-        summary["splits"][split] = {"annotations": str(ann), "samples": n, "families": counts}
+        summary["splits"][split] = {"annotations": str(ann), "samples": n, "families": counts,
+                                    "wrong_teacher_rows": flips}
     bar.close()
     (out / "synth_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary

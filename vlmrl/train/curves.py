@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any
 
 ZERO_ADVANTAGE = "frac_reward_zero_std"  # TRL: share of groups whose rewards are all equal
+FAMILY_PREFIX = "accuracy_by_family/"  # VideoGRPOTrainer: the accuracy reward per data family
 
 
 def training_curves(log_history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """{series: [(step, value)]} for every reward mean, the zero-advantage fraction and
-    T-GRPO's ordered / shuffled accuracies, in step order."""
+    """{series: [(step, value)]} for every reward mean, the accuracy per data family, the
+    zero-advantage fraction and T-GRPO's ordered / shuffled accuracies, in step order."""
     curves: dict[str, list[tuple[int, float]]] = {}
     for log in log_history:
         for key, value in log.items():
             name = None
             if key.startswith("rewards/") and key.endswith("/mean"):
                 name = key[len("rewards/") : -len("/mean")]
+            elif key.startswith(FAMILY_PREFIX):  # the accuracy reward per data family
+                name = "accuracy: " + key[len(FAMILY_PREFIX):]
             elif key in (ZERO_ADVANTAGE, "temporal/p", "temporal/p_shuffled"):
                 name = key
             if name is not None and isinstance(value, int | float) and "step" in log:

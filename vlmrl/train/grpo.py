@@ -47,6 +47,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
+from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import collate_visual_rows, encode_chats, mm_token_types
 from vlmrl.models.saving import save_model_dir
@@ -330,9 +331,23 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
                 self._add_temporal_bonus(rewards, inputs, group_size)
             if LENGTH_COLUMN in self._column:
                 self._add_length_bonus(rewards, completion_ids_list, group_size)
+            self._log_accuracy_by_family(rewards, inputs)
         weights = self.reward_weights.to(rewards.device)
         self._last_rewards = (rewards * weights).nansum(dim=1)
         return rewards
+
+    def _log_accuracy_by_family(self, rewards: torch.Tensor, inputs: list[dict[str, Any]]) -> None:
+        # The accuracy reward per data family (accuracy_by_family/motion, ...): a mean over families
+        # hides one that learns while another unlearns.
+        name = self.rl.accuracy_reward if self.rl.accuracy_reward in self._column else None
+        if name is None or "data_source" not in inputs[0]:
+            return
+        families = gather_object([family_of(row["data_source"]) for row in inputs])
+        accuracy = rewards[:, self._column[name]].tolist()
+        for family in sorted(set(families)):
+            values = [a for a, f in zip(accuracy, families, strict=True) if f == family and a == a]
+            if values:
+                self._log(f"accuracy_by_family/{family}", sum(values) / len(values))
 
     def _shuffled_accuracies(self, inputs: list[dict[str, Any]]) -> list[float | None]:
         if not self._shuffle_plan:
