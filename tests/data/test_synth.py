@@ -107,3 +107,40 @@ def test_sft_video_weights():
     assert plan.count("count") == plan.count("position") == 0
     with pytest.raises(ValueError, match="unknown video families"):
         SynthSizes(sft_video_weights={"classify": 1.0})
+
+
+def _answer_text(row):
+    letter = row["solution"][len("<answer>")]
+    return next(o for o in row["options"] if o.startswith(letter + ".")).split(". ", 1)[1]
+
+
+def _follows_cue(row):
+    from vlmrl.data.synth import SHORTCUT_COLOR
+
+    answer = _answer_text(row)
+    if row["data_source"].endswith("/motion"):
+        return f" {SHORTCUT_COLOR[answer]} " in row["problem"]
+    return "red" in answer  # order: the red object appears first
+
+
+def test_shortcut_in_the_rl_split_only_and_a_configured_wrong_teacher(tmp_path):
+    """Issue 12: the RL split's colours give the answer away, the benchmark's do not; the SFT
+    split's wrong rows are counted and self-consistent; the benchmark is the default one."""
+    base = SynthSizes(sft=40, rl=60, bench=40, video_fraction=1.0)
+    knobs = SynthSizes(sft=40, rl=60, bench=40, video_fraction=1.0, sft_error_rate=0.5,
+                       rl_shortcut=1.0)
+    generate(tmp_path / "plain", seed=0, sizes=base, progress=False)
+    summary = generate(tmp_path / "knobs", seed=0, sizes=knobs, progress=False)
+    rows = {s: json.loads((tmp_path / "knobs" / f"{s}.json").read_text()) for s in ("sft", "rl", "bench")}
+    mc = {s: [r for r in rows[s] if r["problem_type"] == "multiple choice"] for s in rows}
+    assert mc["rl"] and all(_follows_cue(r) for r in mc["rl"])
+    assert sum(map(_follows_cue, mc["bench"])) / len(mc["bench"]) < 0.6
+    bench = (tmp_path / "plain" / "bench.json").read_text()
+    assert (tmp_path / "knobs" / "bench.json").read_text() == bench
+    wrong = [r for r in mc["sft"] if _answer_text(r) not in r["process"].split(",")[0]
+             and not r["process"].startswith(f"<think>First {_answer_text(r)}")]
+    assert not wrong  # every CoT names the answer it gives, right or wrong
+    flips = summary["splits"]["sft"]["wrong_teacher_rows"]
+    assert 0.3 * len(mc["sft"]) < sum(flips.values()) < 0.7 * len(mc["sft"])
+    with pytest.raises(ValueError, match="rl_shortcut"):
+        SynthSizes(rl_shortcut=1.5)
