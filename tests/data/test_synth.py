@@ -107,6 +107,16 @@ def test_sft_video_weights():
     assert plan.count("count") == plan.count("position") == 0
     with pytest.raises(ValueError, match="unknown video families"):
         SynthSizes(sft_video_weights={"classify": 1.0})
+    with pytest.raises(ValueError, match="rl_video_weights: weights must be"):
+        SynthSizes(rl_video_weights={"motion": 0.0})
+
+
+def test_rl_video_weights_shape_the_rl_split_only(tmp_path):
+    sizes = SynthSizes(sft=8, rl=20, bench=8, video_fraction=1.0,
+                       rl_video_weights={"motion": 1.0, "order": 1.0})
+    summary = generate(tmp_path, seed=0, sizes=sizes, progress=False)
+    assert summary["splits"]["rl"]["families"] == {"motion": 10, "order": 10}
+    assert set(summary["splits"]["bench"]["families"]) == {"motion", "order", "count", "position"}
 
 
 def _answer_text(row):

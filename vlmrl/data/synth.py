@@ -70,6 +70,7 @@ class SynthSizes:
     # Relative weights of the video families in the SFT split (None: equal shares). A tiny
     # model learns to read the frames sooner when the multiple-choice families dominate.
     sft_video_weights: dict[str, float] | None = None
+    rl_video_weights: dict[str, float] | None = None  # the same for the RL split
     # An imperfect teacher: this share of the SFT split's multiple-choice video rows (motion,
     # order) carries a wrong but self-consistent chain of thought and answer.
     sft_error_rate: float = 0.0
@@ -84,12 +85,15 @@ class SynthSizes:
         for name in ("sft_error_rate", "rl_shortcut", "video_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.sft_video_weights is not None:
-            unknown = sorted(set(self.sft_video_weights) - set(VIDEO_FAMILIES))
+        for name in ("sft_video_weights", "rl_video_weights"):
+            weights = getattr(self, name)
+            if weights is None:
+                continue
+            unknown = sorted(set(weights) - set(VIDEO_FAMILIES))
             if unknown:
-                raise ValueError(f"sft_video_weights: unknown video families {unknown} ({', '.join(VIDEO_FAMILIES)})")
-            if any(w < 0 for w in self.sft_video_weights.values()) or not sum(self.sft_video_weights.values()) > 0:
-                raise ValueError("sft_video_weights: weights must be >= 0 with a positive sum")
+                raise ValueError(f"{name}: unknown video families {unknown} ({', '.join(VIDEO_FAMILIES)})")
+            if any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+                raise ValueError(f"{name}: weights must be >= 0 with a positive sum")
 
     @classmethod
     def parse(cls, text: str) -> SynthSizes:
@@ -397,7 +401,7 @@ def generate(out: str | os.PathLike[str], seed: int = 0, sizes: SynthSizes | Non
         rng = np.random.default_rng([seed, offset])
         rows = []
         counts: dict[str, int] = {}
-        weights = sizes.sft_video_weights if split == "sft" else None
+        weights = {"sft": sizes.sft_video_weights, "rl": sizes.rl_video_weights}.get(split)
         flips: dict[str, int] = {}
         for i, family in enumerate(_family_plan(rng, n, sizes.video_fraction, weights)):
             if family in SHORTCUT_FAMILIES:
