@@ -72,3 +72,18 @@ def test_tokenizer_corpus_covers_prompts_and_targets(rows):
     video = rows[0]
     corpus = tokenizer_corpus(rows)
     assert question_text(video) in corpus and sft_target(video) in corpus
+
+
+def test_a_checkpoint_brings_the_prompt_it_was_trained_with(short_recipe, stage_sft, tmp_path):
+    """Issue 12: RLConfig() / evaluation without a prompt use the SFT checkpoint's own."""
+    from vlmrl.train.prompts import PromptConfig, resolve_prompt, trained_prompt
+
+    taught = trained_prompt(stage_sft)
+    assert taught == short_recipe.sft.prompt and taught != PromptConfig()
+    with pytest.warns(UserWarning, match="was trained with"):
+        assert resolve_prompt(None, stage_sft) == taught
+    with pytest.warns(UserWarning):
+        assert resolve_prompt(PromptConfig(), stage_sft) == taught
+    own = PromptConfig(reasoning_instruction="Think, then answer.")
+    assert resolve_prompt(own, stage_sft) == own
+    assert trained_prompt(tmp_path) is None and resolve_prompt(None, tmp_path) == PromptConfig()

@@ -80,9 +80,19 @@ class SynthSizes:
     # and benchmark splits keep independent colours, so a model that learnt the cue is at
     # chance on the benchmark, one that reads the order of the frames is not.
     rl_shortcut: float = 0.0
+    # A biased teacher: motion rows whose direction is a key here are taught, with probability
+    # `sft_confusion_rate`, as moving the mapped way (e.g. {up: down, down: up}). A model that
+    # imitates it prefers the wrong word for those videos while still seeing the difference;
+    # RL with a verifiable reward on the RL split can correct that (issue 12's headroom).
+    sft_confusions: dict[str, str] = field(default_factory=dict)
+    sft_confusion_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("sft_error_rate", "rl_shortcut", "video_fraction"):
+        bad = {k: v for k, v in self.sft_confusions.items()
+               if k not in ("left", "right", "up", "down") or v not in ("left", "right", "up", "down") or k == v}
+        if bad:
+            raise ValueError(f"sft_confusions: {bad} must map a direction to another direction")
+        for name in ("sft_error_rate", "rl_shortcut", "video_fraction", "sft_confusion_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("sft_video_weights", "rl_video_weights"):
@@ -328,10 +338,15 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Sample]] = {
 SHORTCUT_FAMILIES = ("motion", "order")  # the multiple-choice video families
 
 
-def _wrong_teacher(sample: Sample, rng: np.random.Generator) -> Sample:
-    """The same sample with another option's chain of thought and answer (self-consistent)."""
+def _wrong_teacher(sample: Sample, rng: np.random.Generator, taught: str | None = None) -> Sample:
+    """The same sample with another option's chain of thought and answer (self-consistent):
+    the option `taught` names, or a random wrong one."""
     correct = LETTERS.index(sample.answer)
-    letter = LETTERS[int(rng.choice([i for i in range(len(sample.options)) if i != correct]))]
+    names = [o.split(". ", 1)[1] for o in sample.options]
+    if taught is not None:
+        letter = LETTERS[names.index(taught)]
+    else:
+        letter = LETTERS[int(rng.choice([i for i in range(len(sample.options)) if i != correct]))]
     wrong = sample.options[LETTERS.index(letter)].split(". ", 1)[1]
     right = sample.options[correct].split(". ", 1)[1]
     if sample.family == "motion":
@@ -408,7 +423,14 @@ def generate(out: str | os.PathLike[str], seed: int = 0, sizes: SynthSizes | Non
                 # draws only when a knob is on: the default data stay what they were
                 shortcut = split == "rl" and sizes.rl_shortcut > 0 and rng.random() < sizes.rl_shortcut
                 sample = FAMILIES[family](rng, shortcut=shortcut)
-                if split == "sft" and sizes.sft_error_rate > 0 and rng.random() < sizes.sft_error_rate:
+                truth = sample.options[LETTERS.index(sample.answer)].split(". ", 1)[1]
+                if split != "sft":
+                    pass
+                elif truth in sizes.sft_confusions and family == "motion":
+                    if rng.random() < sizes.sft_confusion_rate:
+                        sample = _wrong_teacher(sample, rng, sizes.sft_confusions[truth])
+                        flips["confused"] = flips.get("confused", 0) + 1
+                elif sizes.sft_error_rate > 0 and rng.random() < sizes.sft_error_rate:
                     sample = _wrong_teacher(sample, rng)
                     flips[family] = flips.get(family, 0) + 1
             else:

@@ -73,8 +73,9 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
                    device: str | None = None, dtype: str = "float32", prompt: Any = None) -> Answerer:
     """Batched generation with a local checkpoint, visual placeholder tokens suppressed.
 
-    ``prompt`` is the `PromptConfig` the checkpoint was trained with (default: the standard
-    Video-R1-style prompt); evaluating with another prompt measures something else.
+    ``prompt`` is the `PromptConfig` the checkpoint was trained with (default: the one its
+    lineage records, else the standard Video-R1-style prompt); evaluating with another
+    prompt measures something else.
     """
     import torch
 
@@ -82,6 +83,9 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
     from vlmrl.models.multimodal import encode_chats
     from vlmrl.train.prompts import build_prompt
 
+    from vlmrl.train.prompts import resolve_prompt
+
+    prompt = resolve_prompt(prompt, checkpoint)
     loaded = load_model(checkpoint, dtype=dtype, device=device)
     model, processor = loaded.model, loaded.processor
     model.eval()

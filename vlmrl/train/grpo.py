@@ -34,6 +34,7 @@ per-row entries (lists and tensors) follow the rows. Group-level losses therefor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ from vlmrl.train.groups import (
     select_rows,
     zero_advantage_groups,
 )
-from vlmrl.train.prompts import build_prompt
+from vlmrl.train.prompts import build_prompt, resolve_prompt
 from vlmrl.train.regression import reg_grpo_loss
 from vlmrl.train.resume import ConvertedResumeMixin
 from vlmrl.train.rl_config import RLConfig
@@ -625,6 +626,8 @@ def run_grpo(
 ) -> Path:
     """RL-train the checkpoint in `model_dir`; the result is saved to `output_dir/final`."""
     config = config or RLConfig()
+    # RLConfig() carries the library's default prompt; a vlmrl SFT checkpoint knows its own
+    config = dataclasses.replace(config, prompt=resolve_prompt(config.prompt, model_dir))
     loaded = load_model(model_dir, dtype="float32")
     trainer = build_grpo_trainer(
         loaded.model, loaded.processor, train_dataset, output_dir, config, callbacks=callbacks

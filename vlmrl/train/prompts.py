@@ -166,3 +166,38 @@ def tokenizer_corpus(
         texts.append(question_text(row, config))
         texts.append(sft_target(row))
     return texts
+
+
+def trained_prompt(checkpoint: Any) -> PromptConfig | None:
+    """The prompt a vlmrl checkpoint was trained with (its lineage's recipe), or None.
+
+    An SFT checkpoint answers the prompt it was taught; RL or evaluation with another one
+    measures something else (the library default is Video-R1's long prompt, the tiny demo
+    trains with a short one).
+    """
+    from pathlib import Path
+
+    from vlmrl.lineage import LINEAGE, read_manifest
+
+    if checkpoint is None or not (Path(checkpoint) / LINEAGE).is_file():
+        return None
+    manifest = read_manifest(checkpoint)
+    stage = {"sft": "sft", "rl": "rl"}.get(manifest.get("kind", ""))
+    recipe = manifest.get("recipe") or {}
+    prompt = (recipe.get(stage) or {}).get("prompt") if stage else None
+    return PromptConfig(**prompt) if isinstance(prompt, dict) else None
+
+
+def resolve_prompt(configured: PromptConfig | None, checkpoint: Any) -> PromptConfig:
+    """`configured`, unless it is None or the library default and the checkpoint was trained
+    with another prompt: then that one (with a warning naming both)."""
+    import warnings
+
+    trained = trained_prompt(checkpoint)
+    if configured is not None and configured != PromptConfig():
+        return configured
+    if trained is not None and trained != PromptConfig():
+        warnings.warn(f"using the prompt {checkpoint} was trained with, not the library default "
+                      f"(reasoning instruction {trained.reasoning_instruction!r})", stacklevel=2)
+        return trained
+    return configured or PromptConfig()
