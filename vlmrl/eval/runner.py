@@ -81,9 +81,7 @@ def model_answerer(checkpoint: str | os.PathLike[str], settings: GenerationSetti
 
     from vlmrl.models import load_model
     from vlmrl.models.multimodal import encode_chats
-    from vlmrl.train.prompts import build_prompt
-
-    from vlmrl.train.prompts import resolve_prompt
+    from vlmrl.train.prompts import build_prompt, resolve_prompt
 
     prompt = resolve_prompt(prompt, checkpoint)
     loaded = load_model(checkpoint, dtype=dtype, device=device)
