@@ -216,6 +216,8 @@ def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchma
     recipe.model.apply_threads()
     gen = recipe_generation(recipe)
     answer = model_answerer(checkpoint, gen, dtype=recipe.model.dtype, prompt=recipe.rl.prompt)
-    settings = EvalSettings(generation=gen, sampled=True, sampled_temperature=recipe.rl.temperature)
+    # the untrained base model never answers in format: its sampled answers would only cost time
+    settings = EvalSettings(generation=gen, sampled=stage != "base",
+                            sampled_temperature=recipe.rl.temperature)
     return evaluate(benchmark, answer, out_dir, settings, checkpoint=checkpoint,
                     stage=stage, progress=progress)
