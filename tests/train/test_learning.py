@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from tests.train.conftest import frame_rows, make_dataset
-from tests.train.test_grpo import make_trainer
+from tests.train.test_grpo import forward_logps, make_trainer
 from vlmrl.models import TinyModelSpec, build_tiny_model, encode_chats
 from vlmrl.train.prompts import build_prompt, tokenizer_corpus
 from vlmrl.train.sft import SFTTrainConfig, run_sft
@@ -162,20 +162,6 @@ def plain_logps(model, processor, prompt, completion, *, text_positions=False, c
     return logps.gather(1, completion[:, None])[:, 0]
 
 
-def loss_path_logps(trainer, chunk, visual_rows):
-    ids = torch.cat([chunk["prompt_ids"], chunk["completion_ids"]], dim=1)
-    mask = torch.cat([chunk["prompt_mask"], chunk["completion_mask"]], dim=1)
-    trainer._forward_visual = visual_rows
-    try:
-        with torch.no_grad():
-            logps, _, _ = trainer._get_per_token_logps_and_entropies(
-                trainer.model, ids, mask, chunk["completion_ids"].size(1)
-            )
-    finally:
-        trainer._forward_visual = None
-    return logps
-
-
 def test_loss_logps_match_a_plain_forward_after_shuffle(tiny_rl_model_dir, tmp_path):
     rows = named_rows()
     dataset = make_dataset(rows)
@@ -198,7 +184,7 @@ def test_loss_logps_match_a_plain_forward_after_shuffle(tiny_rl_model_dir, tmp_p
     seen, diffs, worst = [], [], 0.0
     for chunk in chunks:
         assert chunk["prompt_mask"].float().mean() < 1  # the chunk mixes prompt lengths
-        logps = loss_path_logps(trainer, chunk, chunk["visual_rows"]).double()
+        logps = forward_logps(trainer, chunk, chunk["visual_rows"]).double()
         for j in range(chunk["prompt_ids"].size(0)):
             prompt_ids = chunk["prompt_ids"][j][chunk["prompt_mask"][j].bool()].tolist()
             i = prompts[tuple(prompt_ids)]  # the dataset row this prompt was built from
@@ -235,8 +221,8 @@ def test_loss_logps_match_a_plain_forward_after_shuffle(tiny_rl_model_dir, tmp_p
     swap = {a: b for a, b in zip(video, video[1:] + video[:1], strict=True)}
     if len(set(owners)) > 1:
         crossed = [chunk["visual_rows"][swap.get(j, j)] for j in range(len(chunk["visual_rows"]))]
-        bad = loss_path_logps(trainer, chunk, crossed)
-        good = loss_path_logps(trainer, chunk, chunk["visual_rows"])
+        bad = forward_logps(trainer, chunk, crossed)
+        good = forward_logps(trainer, chunk, chunk["visual_rows"])
         moved = [j for j in video if owners[video.index(j)] != owners[video.index(swap[j])]]
         assert moved and all(
             (bad[j] - good[j])[chunk["completion_mask"][j].bool()].abs().max() > 10 * tolerance
@@ -248,8 +234,7 @@ def test_loss_logps_match_a_plain_forward_after_shuffle(tiny_rl_model_dir, tmp_p
 
 
 def sequence_logps(trainer, output):
-    logps = loss_path_logps(trainer, output, output["visual_rows"])
-    return (logps * output["completion_mask"]).sum(1)
+    return forward_logps(trainer, output, output["visual_rows"]).sum(1)  # masked per token
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

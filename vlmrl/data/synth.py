@@ -53,6 +53,7 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (16, 16, 16)
 LETTERS = "ABCD"
+DIRECTIONS = ("left", "right", "up", "down")
 
 VIDEO_FAMILIES = ("motion", "order", "count", "position")
 IMAGE_FAMILIES = ("classify", "ground", "detect", "ovd")
@@ -89,7 +90,7 @@ class SynthSizes:
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.sft_confusions.items()
-               if k not in ("left", "right", "up", "down") or v not in ("left", "right", "up", "down") or k == v}
+               if k not in DIRECTIONS or v not in DIRECTIONS or k == v}
         if bad:
             raise ValueError(f"sft_confusions: {bad} must map a direction to another direction")
         for name in ("sft_error_rate", "rl_shortcut", "video_fraction", "sft_confusion_rate"):
@@ -176,8 +177,13 @@ def _obj(rng: np.random.Generator) -> tuple[str, str]:
 # ---------------------------------------------------------------- video families
 
 
-DIRECTIONS = ("left", "right", "up", "down")
 SHORTCUT_COLOR = dict(zip(DIRECTIONS, COLORS, strict=True))  # left: red, right: green, ...
+_FROM_TO = {"right": ("left", "right"), "left": ("right", "left"), "down": ("top", "bottom"), "up": ("bottom", "top")}
+
+
+def _motion_cot(direction: str) -> str:
+    start, end = _FROM_TO[direction]
+    return f"<think>It moves {direction}, from the {start} to the {end}.</think>"
 
 
 def motion(rng: np.random.Generator, shortcut: bool = False) -> Sample:
@@ -193,9 +199,8 @@ def motion(rng: np.random.Generator, shortcut: bool = False) -> Sample:
         pos = start + (end - start) * t / (N_FRAMES - 1)
         cx, cy = (pos, fixed) if direction in ("left", "right") else (fixed, pos)
         _draw(video[t], shape, color, cx, cy)
-    options, letter = _mc(rng, direction, [d for d in ("left", "right", "up", "down") if d != direction])
-    where = {"right": ("left", "right"), "left": ("right", "left"), "down": ("top", "bottom"), "up": ("bottom", "top")}[direction]
-    cot = f"<think>It moves {direction}, from the {where[0]} to the {where[1]}.</think>"
+    options, letter = _mc(rng, direction, [d for d in DIRECTIONS if d != direction])
+    cot = _motion_cot(direction)
     return Sample("motion", "multiple choice", f"In which direction does the {color} {shape} move?",
                   letter, cot, options, video=video)
 
@@ -350,9 +355,7 @@ def _wrong_teacher(sample: Sample, rng: np.random.Generator, taught: str | None 
     wrong = sample.options[LETTERS.index(letter)].split(". ", 1)[1]
     right = sample.options[correct].split(". ", 1)[1]
     if sample.family == "motion":
-        where = {"right": ("left", "right"), "left": ("right", "left"),
-                 "down": ("top", "bottom"), "up": ("bottom", "top")}[wrong]
-        cot = f"<think>It moves {wrong}, from the {where[0]} to the {where[1]}.</think>"
+        cot = _motion_cot(wrong)
     else:  # order: the wrong object first, the right one second
         cot = f"<think>First {wrong} appears, then {right}.</think>"
     return Sample(sample.family, sample.problem_type, sample.question, letter, cot,

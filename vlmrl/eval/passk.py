@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from vlmrl.data.records import family_of
 from vlmrl.eval.metrics import score_predictions
+from vlmrl.eval.runner import _prediction
 
 
 def pass_at_k(
@@ -41,11 +42,7 @@ def pass_at_k(
         for j in range(k):
             texts = answer(batch, [r["frames"] for r in batch], temperature=temperature,
                            seed=seed + 1000 * j + start)
-            preds = [{"problem_id": r["problem_id"], "problem_type": r["problem_type"],
-                      "data_type": r["data_type"], "data_source": r.get("data_source", ""),
-                      "options": r.get("options") or [], "solution": r["solution"],
-                      "completion": t, "shuffled": False, "frame_order": None}
-                     for r, t in zip(batch, texts, strict=True)]
+            preds = [_prediction(r, t, False, None) for r, t in zip(batch, texts, strict=True)]
             for p in score_predictions(preds):
                 right.setdefault(p["problem_id"], []).append(float(p["score"] >= 0.5))
                 family[p["problem_id"]] = family_of(p["data_source"])

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -346,7 +347,8 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         families = gather_object([family_of(row["data_source"]) for row in inputs])
         accuracy = rewards[:, self._column[name]].tolist()
         for family in sorted(set(families)):
-            values = [a for a, f in zip(accuracy, families, strict=True) if f == family and a == a]
+            values = [a for a, f in zip(accuracy, families, strict=True)
+                      if f == family and not math.isnan(a)]  # NaN: not applicable
             if values:
                 self._log(f"accuracy_by_family/{family}", sum(values) / len(values))
 
