@@ -8,19 +8,27 @@ and leaves it open (the callback only ends runs it started). MLFLOW_RUN_ID is NO
 this process's environment: with a run active, the callback would call ``start_run`` again
 and fail ("Run with UUID ... is already active"). A subprocess (accelerate, dagster-pipes)
 gets ``TrackedRun.env`` instead, whose MLFLOW_RUN_ID makes its callback resume this run.
+
+Tracking never costs the work it records: once a run has started, a tracking store that
+fails (a stopped server, a refused write) is reported (the Dagster log, the asset's
+``mlflow_problems`` metadata) and the materialization goes on. HTTP retries are bounded
+(``http_max_retries``, ``http_timeout_s``) so a dead server cannot stall a run for minutes.
 """
 
 import functools
+import logging
 import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Param
@@ -34,6 +42,9 @@ from orchestration.resources import default_artifact_root
 SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "key", "apikey",
                           "credential", "credentials", "auth"})
 TRUNCATED = "...[truncated]"
+# What a failing tracking store raises: MLflow's own errors, HTTP errors, a gone SQLite file.
+TRACKING_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri() -> str:
@@ -77,6 +88,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 @contextmanager
 def _environ(**values: str) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` inside the block; restore (or remove) them after."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -95,10 +107,53 @@ class TrackedRun:
     experiment_id: str
     url: str
     env: dict[str, str]  # for subprocesses: their MLflowCallback resumes this run
+    problems: list[str] = field(default_factory=list, compare=False)
+    logger: Any = field(default=None, compare=False, repr=False)  # the Dagster context's log
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {"mlflow_run_id": self.run_id, "mlflow_run_url": MetadataValue.url(self.url)}
+        meta = {"mlflow_run_id": self.run_id, "mlflow_run_url": MetadataValue.url(self.url)}
+        if self.problems:
+            meta["mlflow_problems"] = MetadataValue.md("\n".join(f"- {p}" for p in self.problems))
+        return meta
+
+    def report(self, problem: str) -> None:
+        """Record a tracking failure: kept for the asset's metadata and logged as a warning."""
+        self.problems.append(problem)
+        (self.logger or log).warning("MLflow run %s: %s", self.run_id, problem)
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run a tracking call; if the store fails, report it and go on with the work."""
+        try:
+            yield
+        except TRACKING_ERRORS as exc:
+            self.report(f"{what} failed: {type(exc).__name__}: {_first_line(exc)}")
+
+
+_ACTIVE: ContextVar[TrackedRun | None] = ContextVar("vlmrl_tracked_run", default=None)
+
+
+def active_tracked_run() -> TrackedRun | None:
+    """The TrackedRun of the ``start_run`` block this code runs in, if any."""
+    return _ACTIVE.get()
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:limit]
+
+
+class _ReportErrors(logging.Handler):
+    """MLflow's background logging (the trainer callback's async batches) reports failures
+    only as ERROR log records; this turns them into the run's reported problems."""
+
+    def __init__(self, run: TrackedRun):
+        super().__init__(logging.ERROR)
+        self.run = run
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.run.problems.append(f"{record.name}: {record.getMessage().splitlines()[0][:300]}")
 
 
 class MlflowTracker(ConfigurableResource):
@@ -109,6 +164,10 @@ class MlflowTracker(ConfigurableResource):
     ui_url: str = "http://127.0.0.1:5000"
     dagster_ui_url: str = "http://127.0.0.1:3000"
     artifact_location: str | None = None  # None: beside a SQLite store, else the server's
+    # Bounded HTTP retries: MLflow's defaults (7 retries, backoff 2) can hold a run for minutes
+    # per request when the server is gone. An MLFLOW_HTTP_REQUEST_* variable set by the user wins.
+    http_max_retries: int = 2
+    http_timeout_s: int = 20
 
     @classmethod
     def from_env(cls) -> "MlflowTracker":
@@ -167,41 +226,65 @@ class MlflowTracker(ConfigurableResource):
 
         Ends FINISHED, or FAILED if the block raises. Put ``run.metadata`` on the result.
         """
-        client = self.client()
-        exp_id = self.experiment_id(client)
-        all_tags = {**self.dagster_tags(context), **(tags or {})}
-        name = all_tags["dagster.asset_key"]
-        if "dagster.partition_key" in all_tags:
-            name += f"[{all_tags['dagster.partition_key']}]"
-        run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
-        self._log_params(client, run_id, flatten_params(params or {}))
-        run = TrackedRun(run_id, exp_id, self.run_url(exp_id, run_id), env={
-            "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_EXPERIMENT_NAME": self.experiment})
-        status = "FAILED"
         with self._pinned():
+            # Before any work: an unreachable store fails here, fast, naming the URI.
             try:
-                mlflow.start_run(run_id=run_id)
-                yield run
+                client = self.client()
+                exp_id = self.experiment_id(client)
+                all_tags = {**self.dagster_tags(context), **(tags or {})}
+                name = all_tags["dagster.asset_key"]
+                if "dagster.partition_key" in all_tags:
+                    name += f"[{all_tags['dagster.partition_key']}]"
+                run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+            except TRACKING_ERRORS as exc:
+                raise ConnectionError(f"MLflow tracking store {self.uri} is not usable: "
+                                      f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            run = TrackedRun(run_id, exp_id, self.run_url(exp_id, run_id), env={
+                "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_RUN_ID": run_id,
+                "MLFLOW_EXPERIMENT_NAME": self.experiment}, logger=context.log)
+            with run.guard("logging the params"):
+                self._log_params(client, run_id, flatten_params(params or {}))
+            status = "FAILED"
+            handler = _ReportErrors(run)
+            mlflow_log = logging.getLogger("mlflow")
+            mlflow_log.addHandler(handler)
+            token = _ACTIVE.set(run)
+            try:
+                # Runs started inside (a curriculum phase's nested trainer run) join this experiment.
+                with _environ(MLFLOW_EXPERIMENT_ID=exp_id):
+                    with run.guard("starting the run"):
+                        mlflow.start_run(run_id=run_id)
+                    yield run
                 status = "FINISHED"
             finally:
-                active = mlflow.active_run()
-                if active is not None and active.info.run_id == run_id:
-                    mlflow.end_run(status)  # also flushes the callback's async logging
+                _ACTIVE.reset(token)
+                with run.guard("ending the run"):
+                    active = mlflow.active_run()
+                    if active is not None and active.info.run_id == run_id:
+                        mlflow.end_run(status)  # also flushes the callback's async logging
                 # Always: a subprocess resuming the run may have ended it with its own status.
-                client.set_terminated(run_id, status)
+                with run.guard("recording the run's status"):
+                    client.set_terminated(run_id, status)
+                mlflow_log.removeHandler(handler)
 
-    def log_checkpoint(self, run_id: str, path: str, name: str,
+    def log_checkpoint(self, run: TrackedRun, path: str, name: str,
                        datasets: Sequence[Mapping[str, str]] = (),
                        params: Mapping[str, Any] | None = None,
                        input_models: Sequence[str] = ()) -> dict[str, Any]:
-        """Record a checkpoint as an MLflow LoggedModel of ``run_id``, weights left in place.
+        """Record a checkpoint as an MLflow LoggedModel of ``run``, weights left in place.
 
         ``datasets``: {"name", "digest" (content fingerprint), "source" (path/URI),
         optional "context" (default "training")}, logged as the run's inputs;
         ``input_models``: ids of upstream LoggedModels (e.g. the SFT checkpoint of an RL
-        run), logged as model inputs. Returns Dagster metadata (model id and link).
+        run), logged as model inputs. Returns Dagster metadata (model id and link); empty if
+        the store failed (reported on ``run``).
         """
+        with run.guard(f"logging checkpoint {name}"):
+            return self._log_checkpoint(run.run_id, path, name, datasets, params, input_models)
+        return {}
+
+    def _log_checkpoint(self, run_id: str, path: str, name: str, datasets: Sequence[Mapping[str, str]],
+                        params: Mapping[str, Any] | None, input_models: Sequence[str]) -> dict[str, Any]:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
@@ -236,6 +319,9 @@ class MlflowTracker(ConfigurableResource):
         """Point MLflow's fluent API (and child processes) at this store, then restore."""
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        with _environ(MLFLOW_TRACKING_URI=self.uri), _use_tracking_uri(self.uri):
+        http = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_max_retries),
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout_s)}
+        http = {k: os.environ.get(k, v) for k, v in http.items()}
+        with _environ(MLFLOW_TRACKING_URI=self.uri, **http), _use_tracking_uri(self.uri):
             yield
 

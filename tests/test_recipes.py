@@ -118,7 +118,7 @@ BAD = [
     ({"sft": {"curriculum": [{"families": [], "max_steps": 5}]}},
      "sft.curriculum[0]: a curriculum phase needs at least one family"),
     ({"sft": {"curriculum": [{"families": ["motion"], "max_steps": 0}]}},
-     "sft.curriculum[0]: a curriculum phase needs max_steps >= 1"),
+     "sft.curriculum[0].max_steps: must be >= 1, got 0"),
     ({"sft": {"curriculum": [{"families": ["motion"], "max_steps": 9, "lr_scheduler_type": "cosin"}]}},
      "sft.curriculum[0].lr_scheduler_type: expected one of linear, "),
     ({"sft": {"report_to": 5}}, "sft.report_to: expected a string or a list, got 5"),

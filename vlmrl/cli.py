@@ -67,7 +67,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from vlmrl.data.extract import extract_dataset
 
     result = extract_dataset(
-        args.annotations, args.media_root, args.out, _frame_options(args), workers=args.workers
+        args.annotations, args.media_root, args.out, _frame_options(args), workers=args.workers,
+        overwrite=args.overwrite,
     )
     _print_extract(Path(args.annotations).stem, result)
     rate = result.rejected / max(1, result.manifest["counts"]["rows"])
@@ -89,7 +90,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     results = {}
     for split, info in summary["splits"].items():
         result = extract_dataset(info["annotations"], out / "raw", out / "frames" / split,
-                                 _frame_options(args), workers=args.workers)
+                                 _frame_options(args), workers=args.workers,
+                                 overwrite=args.overwrite)
         _print_extract(split, result)
         results[split] = {"path": str(result.path), "kept": result.kept,
                           "rejected": result.rejected, "fingerprint": result.fingerprint}
@@ -99,12 +101,43 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from vlmrl.lineage import ASSET_INDEX, audit, format_chain, resolve_target
+    from vlmrl.lineage import (
+        ASSET_INDEX,
+        Anchor,
+        audit,
+        find_asset,
+        find_root,
+        format_chain,
+        is_report,
+        mlflow_anchor,
+        read_manifest,
+    )
 
-    target = resolve_target(args.target, Path(args.artifacts) / ASSET_INDEX)
-    report = audit(target, check_media=not args.skip_media)
+    target, entry = find_asset(args.target, Path(args.artifacts) / ASSET_INDEX)
+    root = find_root(target, args.artifacts)
+    if root is None:
+        print(f"vlmrl: note: no artifacts root holds {target} (no {ASSET_INDEX} above it, not under "
+              f"--artifacts {args.artifacts}): references are followed wherever they lead", file=sys.stderr)
+    anchor, unanchored = None, None
+    if args.expect_sha256:
+        anchor = Anchor(args.expect_sha256, "the hash given with --expect-sha256")
+    elif args.tracking_uri:  # the head's hash as the MLflow run that materialized it recorded it
+        run_id = entry.get("mlflow_run_id")
+        if not run_id and not is_report(target) and (Path(target) / "lineage.json").is_file():
+            run_id = read_manifest(target).get("tracking", {}).get("mlflow_run_id")
+        try:
+            if not run_id:
+                raise LookupError(f"{target} names no MLflow run (give the asset key, e.g. rl_checkpoint)")
+            anchor = mlflow_anchor(args.tracking_uri, run_id)
+        except LookupError as exc:
+            unanchored = f"the head cannot be checked against MLflow: {exc}"
+    report = audit(target, check_media=not args.skip_media, root=root, input_roots=tuple(args.input_root),
+                   anchor=anchor)
+    if unanchored:
+        report.chain[0].problems.insert(0, unanchored)
     if args.json:
-        print(json.dumps({"ok": report.ok, "problems": report.problems,
+        print(json.dumps({"ok": report.ok, "problems": report.problems, "root": report.root,
+                          "anchor": report.anchor,
                           "chain": [{"path": n.path, **n.manifest} for n in report.chain]}, indent=1))
     else:
         print(format_chain(report))
@@ -128,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--annotations", required=True, help="JSON list or JSONL of records")
     extract.add_argument("--media-root", required=True, help="media paths are relative to this")
     extract.add_argument("--out", required=True)
+    extract.add_argument("--overwrite", action="store_true",
+                         help="replace a frame dataset already at --out (nothing else is ever replaced)")
     extract.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     extract.add_argument("--max-reject-rate", type=float, default=None,
                          help="exit 1 when more than this fraction of rows is rejected")
@@ -139,14 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sizes", default="")
     demo.add_argument("--workers", type=int, default=None)
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the frame datasets of a previous demo in --out")
     _frame_args(demo)
     demo.set_defaults(func=cmd_demo_data)
 
-    lineage = sub.add_parser("lineage", help="print and verify a checkpoint's chain back to its raw inputs")
+    lineage = sub.add_parser("lineage", help="print and verify a checkpoint's or report's chain back to its raw inputs")
     lineage.add_argument("target", help="checkpoint directory or asset key (e.g. rl_checkpoint)")
     lineage.add_argument("--artifacts", default="artifacts", help="artifact root holding assets.json")
     lineage.add_argument("--skip-media", action="store_true", help="do not re-hash media files")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.add_argument("--input-root", action="append", default=[], metavar="DIR",
+                         help="raw annotations/media kept outside the artifacts tree may lie here (repeatable)")
+    anchor = lineage.add_mutually_exclusive_group()
+    anchor.add_argument("--tracking-uri", help="check the head's hash against the MLflow run that recorded it "
+                        "(use the original store, not one inside the audited copy)")
+    anchor.add_argument("--expect-sha256", help="the head's hash (lineage.json or report.json) as recorded elsewhere")
     lineage.set_defaults(func=cmd_lineage)
 
     from vlmrl.eval.commands import add_eval_commands
@@ -155,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmrl.train.commands import add_train_commands
 
     add_train_commands(sub)
+    from vlmrl.doctor.run import add_doctor_command
+
+    add_doctor_command(sub)
     return parser
 
 

@@ -40,3 +40,12 @@ def sha256_tree(root: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -> 
             continue
         out[rel] = sha256_file(path)
     return out
+
+
+def relative_ref(target: str | os.PathLike[str], base: str | os.PathLike[str]) -> str:
+    """``target`` as a POSIX path relative to the directory ``base``.
+
+    Manifests record references this way so that a copied tree refers to itself, not to
+    the original it was copied from. Both are resolved first (atomic builds resolve theirs).
+    """
+    return Path(os.path.relpath(os.path.realpath(target), os.path.realpath(base))).as_posix()

@@ -16,7 +16,11 @@ dataclasses below and from the trainer configs, which are the single source of t
 
 Relative paths (annotations, media roots, model.path) are relative to the working
 directory of the run. A bad key or value raises RecipeError naming the file and the key
-path, e.g. ``configs/x.yaml: rl.temporal.alpha: expected a number, got 'x'``.
+path, e.g. ``configs/x.yaml: rl.temporal.alpha: expected a number, got 'x'``. Values are
+checked when the recipe is loaded, not when a trainer first uses them: every number must
+be finite and meet its bound in `VALUE_RULES` (``rl.learning_rate: must be > 0, got
+-1.0``), an RL batch must hold whole groups of G completions, and `trainer_kwargs` keys
+must be real fields of TRL's SFTConfig / GRPOConfig that the recipe does not set elsewhere.
 """
 
 from __future__ import annotations
@@ -37,9 +41,27 @@ from vlmrl.data.frames import FrameOptions
 from vlmrl.data.synth import SynthSizes
 from vlmrl.hashing import sha256_json
 from vlmrl.models.tiny import TinyModelSpec
-from vlmrl.train.config_io import ConfigError, config_from_dict
-from vlmrl.train.rl_config import RLConfig
-from vlmrl.train.sft import SFTTrainConfig
+from vlmrl.train.config_io import (
+    RESERVED_SFT_KWARGS,
+    RESERVED_TRAINER_KWARGS,
+    ConfigError,
+    Rule,
+    RunSettings,
+    at_least,
+    between,
+    check_trainer_kwargs,
+    config_from_dict,
+    greater_than,
+    one_of,
+)
+from vlmrl.train.rl_config import (
+    AugmentConfig,
+    LengthBonusConfig,
+    RegressionConfig,
+    RLConfig,
+    TemporalConfig,
+)
+from vlmrl.train.sft import SFTPhase, SFTTrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SYNTHETIC_BENCHMARK = "synthetic"  # the synthetic data's held-out "bench" split
@@ -146,9 +168,10 @@ class Recipe:
         seed = data.get("seed", 0)
         for section in ("sft", "rl"):  # the recipe seed is the trainers' default seed
             value = data.get(section, {})
-            if type(seed) is int and isinstance(value, Mapping):
+            # (a bad one is reported as "seed", not as the trainers' seed it would become)
+            if type(seed) is int and SEED.test(seed) and isinstance(value, Mapping):
                 data[section] = {"seed": seed, **value}
-        recipe = config_from_dict(cls, data)
+        recipe = config_from_dict(cls, data, rules=VALUE_RULES)
         recipe._check()
         return recipe
 
@@ -175,12 +198,17 @@ class Recipe:
         return [SYNTHETIC_BENCHMARK, *names] if self.data.synthetic is not None else names
 
     def _check(self) -> None:
-        """Checks that involve more than one field."""
+        """Checks that involve more than one field (VALUE_RULES ran as the fields were read)."""
         from transformers.trainer_utils import SchedulerType
 
         from vlmrl.models.loading import resolve_dtype
 
         m, d = self.model, self.data
+        if m.tiny is not None:
+            try:
+                m.tiny.validate()
+            except ValueError as exc:
+                raise ConfigError("model.tiny", str(exc)) from None
         if (m.tiny is None) == (m.path is None):
             raise ConfigError("model", "give exactly one of tiny (build the demo model) or path")
         try:
@@ -208,7 +236,31 @@ class Recipe:
             if phase.lr_scheduler_type not in schedulers:
                 raise ConfigError(f"sft.curriculum[{i}].lr_scheduler_type",
                                   f"expected one of {', '.join(schedulers)}")
+        if self.eval.do_sample and self.eval.temperature == 0:
+            raise ConfigError("eval.temperature", "must be > 0 when eval.do_sample is true")
+        self._check_trainers()
         self._check_rewards()
+
+    def _check_trainers(self) -> None:
+        """RL batches hold whole prompt groups; pass-through trainer_kwargs are real TRL fields."""
+        from trl import GRPOConfig, SFTConfig
+
+        rl = self.rl
+        if rl.per_device_train_batch_size % rl.num_generations:
+            raise ConfigError("rl.per_device_train_batch_size", f"must be a multiple of "
+                              f"rl.num_generations ({rl.num_generations}): a batch holds whole "
+                              f"prompt groups of G completions, got {rl.per_device_train_batch_size}")
+        if rl.length_bonus.l_max < rl.length_bonus.l_min:
+            raise ConfigError("rl.length_bonus.l_max", f"must be >= l_min "
+                              f"({rl.length_bonus.l_min}), got {rl.length_bonus.l_max}")
+        reserved = dict(RESERVED_TRAINER_KWARGS)
+        if rl.uses_groups_in_loss:
+            reserved["steps_per_generation"] = ("1 for reg_grpo and dynamic_sampling (a loss "
+                                                "call needs whole prompt groups)")
+        check_trainer_kwargs(rl.trainer_kwargs, GRPOConfig, RLConfig, "rl.trainer_kwargs", reserved)
+        if self.sft is not None:
+            check_trainer_kwargs(self.sft.trainer_kwargs, SFTConfig, SFTTrainConfig,
+                                 "sft.trainer_kwargs", RESERVED_SFT_KWARGS)
 
     def _check_rewards(self) -> None:
         from vlmrl.rewards import REWARDS, get_reward
@@ -234,6 +286,54 @@ class Recipe:
         if (rl.temporal_enabled or rl.length_bonus.enabled) and rl.accuracy_reward not in names:
             raise ConfigError("rl.accuracy_reward", f"{rl.accuracy_reward!r} is not among "
                               "rl.reward_funcs; the temporal / length bonuses need it")
+
+
+def _save_strategies() -> Rule:
+    from transformers.trainer_utils import SaveStrategy
+
+    return one_of(s.value for s in SaveStrategy)
+
+
+POSITIVE, NON_NEGATIVE, FRACTION = greater_than(0), at_least(0), between(0, 1)
+PROBABILITY = between(0, 1, open_low=True)  # top_p: 0 would keep no token
+SEED = between(0, 2**32 - 1)  # what numpy's and torch's seeding accept
+# -1 lets the epochs decide; 0 or another negative count is a typo, not a setting.
+STEPS = Rule("-1 (the epochs decide) or >= 1", lambda v: v == -1 or v >= 1)
+# The optimisation settings both trainers share (config_io.SHARED_TRAINING_ARGS).
+_OPTIMISATION = {
+    "learning_rate": POSITIVE, "num_train_epochs": POSITIVE, "max_steps": STEPS,
+    "per_device_train_batch_size": at_least(1), "gradient_accumulation_steps": at_least(1),
+    "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
+}
+#: Value rules for the whole recipe tree, per dataclass (a class's rules also apply to its
+#: subclasses); Recipe._check applies them, and every number anywhere must be finite.
+VALUE_RULES: dict[type, dict[str, Rule]] = {
+    Recipe: {"seed": SEED},
+    SyntheticData: {"seed": SEED},
+    SynthSizes: {"sft": NON_NEGATIVE, "rl": NON_NEGATIVE, "bench": NON_NEGATIVE},
+    # every size, count and scale of the tiny model
+    TinyModelSpec: {f.name: POSITIVE for f in dataclasses.fields(TinyModelSpec)
+                    if f.type in ("int", "float")},
+    ModelSettings: {"threads": at_least(1)},
+    RunSettings: {"seed": SEED, "logging_steps": at_least(1), "save_steps": POSITIVE,
+                  "save_total_limit": at_least(1), "save_strategy": _save_strategies()},
+    SFTTrainConfig: _OPTIMISATION,
+    SFTPhase: {"learning_rate": POSITIVE, "max_steps": at_least(1)},
+    RLConfig: {**_OPTIMISATION, "num_generations": at_least(2), "max_completion_length": at_least(1),
+               "temperature": POSITIVE, "top_p": PROBABILITY, "num_iterations": at_least(1),
+               "epsilon": POSITIVE, "epsilon_high": POSITIVE, "beta": NON_NEGATIVE},
+    TemporalConfig: {"num_shuffled": at_least(1), "mu": NON_NEGATIVE,
+                     "correct_threshold": NON_NEGATIVE},
+    LengthBonusConfig: {"l_min": NON_NEGATIVE, "l_max": at_least(1), "min_correct": at_least(1),
+                        "correct_threshold": NON_NEGATIVE},
+    RegressionConfig: {"eps": POSITIVE},
+    AugmentConfig: {"window": at_least(1), "gain": POSITIVE, "dead_zone": NON_NEGATIVE,
+                    "min_history": NON_NEGATIVE, "max_hint_fraction": FRACTION,
+                    "max_noise_std": NON_NEGATIVE, "max_mask_prob": FRACTION},
+    EvalSettings: {"max_new_tokens": at_least(1), "temperature": NON_NEGATIVE,
+                   "top_p": PROBABILITY, "batch_size": at_least(1), "headroom_k": at_least(1),
+                   "headroom_questions": NON_NEGATIVE},
+}
 
 
 def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,8 +370,15 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text as Python values, read as recipes are (safe, 1e-6 is a number)."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+    """YAML text as Python values, read as recipes are (safe, 1e-6 is a number).
+
+    Raises yaml.YAMLError for anything that is not YAML, including nesting too deep for
+    the parser (which would otherwise surface as a RecursionError traceback).
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply to read") from None
 
 
 def recipe_names() -> list[str]:
@@ -310,4 +417,18 @@ def load_recipe(
     try:
         return Recipe.from_dict(data)
     except ConfigError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+        raise RecipeError(f"{path}: {exc}{_blame_override(exc.path, overrides or {})}") from None
+
+
+def _blame_override(key_path: str, overrides: Mapping[str, Any], prefix: str = "") -> str:
+    """" (from the override K=V)" when an override set the key at (or above / below) `key_path`."""
+    for key, value in overrides.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            found = _blame_override(key_path, value, where)
+            if found:
+                return found
+        elif key_path == where or key_path.startswith((f"{where}.", f"{where}[")) \
+                or where.startswith(f"{key_path}."):
+            return f" (from the override {where}={value!r})"
+    return ""

@@ -9,7 +9,8 @@ from typing import Any
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
 from orchestration.resources import ArtifactStore
-from vlmrl.lineage import record_asset
+from vlmrl.hashing import relative_ref
+from vlmrl.lineage import CONTENT_TAG, record_asset
 
 
 def index_asset(context: AssetExecutionContext, artifacts: ArtifactStore, path: Path,
@@ -28,16 +29,29 @@ def result(context: AssetExecutionContext, artifacts: ArtifactStore, path: Path,
            metadata: Mapping[str, Any], run: Any) -> MaterializeResult:
     """The MaterializeResult every asset returns: content version, path, MLflow link."""
     index_asset(context, artifacts, path, version, run.run_id if run else None)
-    meta = {"path": MetadataValue.path(str(path)), "content_hash": version, **metadata}
+    # artifact_path: where it is inside the artifacts tree, so an audit can find it in a copy
+    meta = {"path": MetadataValue.path(str(path)), "artifact_path": relative_ref(path, artifacts.root),
+            "content_hash": version, **metadata}
     if run is not None:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            # the content hash outside the artifacts tree too: `vlmrl lineage --tracking-uri` checks it
+            with run.guard("recording the content hash"):
+                mlflow.set_tag(CONTENT_TAG, version)
         meta.update(run.metadata)
     return MaterializeResult(data_version=DataVersion(version[:16]), metadata=meta)
 
 
 def log_metrics(metrics: Mapping[str, Any]) -> None:
-    """Numeric entries into the active MLflow run (the tracker's)."""
+    """Numeric entries into the active MLflow run (the tracker's); a failing store is
+    reported on the tracked run, never fatal to the materialization."""
     import mlflow
 
+    from orchestration.tracking import active_tracked_run
+
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v == v}
-    if clean and mlflow.active_run() is not None:
-        mlflow.log_metrics(clean)
+    run = active_tracked_run()
+    if clean and run is not None and mlflow.active_run() is not None:
+        with run.guard("logging metrics"):
+            mlflow.log_metrics(clean)

@@ -74,8 +74,9 @@ def _extract(context: AssetExecutionContext, name: str, split: str, recipe: Reci
     ann, root = _sources(r, artifacts)[split]
     opts = r.frames.train if train else r.frames.eval
     with tracker.start_run(context, params={"frames": opts.to_dict(), "annotations": ann}) as run:
+        # a rematerialization replaces this asset's own previous dataset (and nothing else)
         res = extract_dataset(ann, root, artifacts.frames(name), opts, workers=config.workers,
-                              progress=False)
+                              progress=False, overwrite=True)
         meta = _metadata(res)
         log_metrics({k: v for k, v in meta.items() if isinstance(v, int | float)})
         return result(context, artifacts, res.path, res.fingerprint, meta, run)

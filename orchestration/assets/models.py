@@ -73,7 +73,7 @@ def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore,
     manifest = read_manifest(path)
     datasets = [{"name": f"{d['role']}:{Path(d['path']).name}", "digest": d["fingerprint"][:16],
                  "source": d["path"]} for d in manifest["datasets"]]
-    model = tracker.log_checkpoint(run.run_id, str(path), name, datasets=datasets,
+    model = tracker.log_checkpoint(run, str(path), name, datasets=datasets,
                                    params={"lineage_sha256": lineage_hash(path)},
                                    input_models=_upstream_model_id(context, parent_key) if parent_key else [])
     metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
@@ -96,7 +96,7 @@ def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts
     r = recipe.load()
     with tracker.start_run(context, params=r.to_dict()) as run:
         path = build_base_model(r, artifacts.checkpoint("base"),
-                                [artifacts.frames("sft"), artifacts.frames("rl")])
+                                [artifacts.frames("sft"), artifacts.frames("rl")], overwrite=True)
         return _checkpoint_result(context, artifacts, tracker, run, path, "base_model", None)
 
 
@@ -110,7 +110,8 @@ def sft_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artif
     r = _with_mlflow(recipe.load())
     with tracker.start_run(context, params=r.to_dict()) as run:
         path = train_sft(r, artifacts.checkpoint("base"), artifacts.frames("sft"),
-                         artifacts.checkpoint("sft"), tracking=_tracking(context, run))
+                         artifacts.checkpoint("sft"), tracking=_tracking(context, run),
+                         overwrite=True)  # a rematerialization replaces its own checkpoint
         return _checkpoint_result(context, artifacts, tracker, run, path, "sft_checkpoint", "base_model")
 
 
@@ -130,7 +131,8 @@ def rl_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifa
         log_metrics({f"sft_rl_split_{k.replace('@', '_at_')}": v for k, v in headroom.items()
                      if isinstance(v, float)})
         path = train_rl(r, artifacts.checkpoint("sft"), artifacts.frames("rl"),
-                        artifacts.checkpoint("rl"), tracking=_tracking(context, run))
+                        artifacts.checkpoint("rl"), tracking=_tracking(context, run),
+                        overwrite=True)
         plot = write_training_curves(path, out)
         extra = {"sft_pass@1_rl_split": headroom["pass@1"],
                  f"sft_pass@{headroom['k']}_rl_split": headroom[f"pass@{headroom['k']}"],

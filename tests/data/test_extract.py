@@ -98,7 +98,8 @@ def test_rejections_are_counted_and_named(fixtures_dir, tmp_path):
     assert "escapes the media root" in by_id["escape"]["reason"]
     assert "absolute" in by_id["abs"]["reason"]
     assert by_id["badtype"]["field"] == "problem_type"
-    assert manifest["decoders"] == {"decord": len(names) - 1, "pyav": 1}
+    # PyAV for the AV1 file decord cannot open and the HEVC file decord seeks wrongly in
+    assert manifest["decoders"] == {"decord": len(names) - 2, "pyav": 2}
 
 
 def test_broken_media_rejected_not_fatal(fixtures_dir, tmp_path):
@@ -143,7 +144,8 @@ def test_crash_leaves_no_complete_looking_dataset(synth_dir, tmp_path, monkeypat
         extract_dataset(ann, synth_dir, tmp_path / "new", SMALL, workers=1, progress=False)
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):  # a failed rebuild over an existing dataset
-        extract_dataset(ann, synth_dir, tmp_path / "out", FrameOptions(), workers=1, progress=False)
+        extract_dataset(ann, synth_dir, tmp_path / "out", FrameOptions(), workers=1, progress=False,
+                        overwrite=True)
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging debris
     ds, manifest = load_frame_dataset(tmp_path / "out")  # the previous build is intact

@@ -99,7 +99,9 @@ FIXTURE_EXPECT = {
     "video1.mp4": ("decord", 491, 16),
     "nasa_13013.mp4": ("decord", 390, 16),
     "nasa_13013_rotated.mp4": ("decord", 17, 4),
-    "h265_video.mp4": ("decord", 10, 4),
+    # decord's seeking returns wrong frames here (6 and 9 come back as one picture, neither
+    # of them right); the in-order PyAV decode tells them apart and is used instead
+    "h265_video.mp4": ("pyav", 10, 4),
     "av1_video.mkv": ("pyav", 125, 10),  # decord cannot open it; the fallback can
     "testsrc2_vp9.webm": ("decord", 30, 4),
     "testsrc2_mpeg4.avi": ("decord", 30, 4),

@@ -154,6 +154,9 @@ def test_gpu_step_job_validates(k8s):
     job = step_job(k8s, definition.op.tags)
     assert kubernetes_validate.validate(job, K8S_VERSION, strict=True) == K8S_VERSION
 
+    # the label the MLflow network policy admits (deploy/mlflow-networkpolicy.yaml)
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "vlmrl"
+
     spec = job["spec"]
     assert spec["activeDeadlineSeconds"] == 3 * 3600
     assert spec["ttlSecondsAfterFinished"] == 86400
@@ -228,3 +231,17 @@ def test_deploy_instance_files_agree():
     k8s_yaml = yaml.safe_load((REPO / "deploy" / "dagster-k8s.yaml").read_text())
     assert k8s_yaml["storage"] == postgres["storage"]
     assert k8s_yaml["concurrency"] == postgres["concurrency"]
+
+
+def test_mlflow_network_policy_validates_and_admits_only_vlmrl_pods():
+    """docs/deploy.md requires a network policy in front of MLflow: the shipped one is valid
+    Kubernetes and admits only labelled vlmrl pods and the ingress controller."""
+    policy = yaml.safe_load((REPO / "deploy" / "mlflow-networkpolicy.yaml").read_text())
+    assert kubernetes_validate.validate(policy, K8S_VERSION, strict=True) == K8S_VERSION
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    sources = [s.get("podSelector", s.get("namespaceSelector"))["matchLabels"] for s in rule["from"]]
+    assert sources == [{"app.kubernetes.io/part-of": "vlmrl"},
+                       {"kubernetes.io/metadata.name": "ingress-nginx"}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]

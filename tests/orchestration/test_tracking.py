@@ -62,7 +62,7 @@ def train_tiny(output_dir: Path) -> None:
 @asset(partitions_def=PARTS, code_version="base-1")
 def base(context: AssetExecutionContext, tracker: MlflowTracker) -> MaterializeResult:
     with tracker.start_run(context, params={"kind": "base"}) as run:
-        model = tracker.log_checkpoint(run.run_id, "/models/base", "base")
+        model = tracker.log_checkpoint(run, "/models/base", "base")
     return MaterializeResult(metadata={**run.metadata, **model})
 
 
@@ -79,7 +79,7 @@ def tiny_checkpoint(context: AssetExecutionContext, tracker: MlflowTracker) -> M
                        timeout=120)
         (out / "model.safetensors").write_bytes(b"\0" * 1024)
         model = tracker.log_checkpoint(
-            run.run_id, str(out), "tiny-sft",
+            run, str(out), "tiny-sft",
             datasets=[{"name": "sft_frames", "digest": "abc123def456", "source": "/data/sft"}],
             params={"learning_rate": 1e-5, "token": "SHOULD_NOT_LEAK"},
             input_models=[base_model_id])
@@ -182,3 +182,26 @@ def test_tracked_run_metadata():
     run = TrackedRun("r1", "0", "http://mlflow/#/experiments/0/runs/r1", env={})
     assert run.metadata["mlflow_run_id"] == "r1"
     assert run.metadata["mlflow_run_url"].value == run.url
+
+
+def test_curriculum_phases_are_child_runs_and_no_param_is_refused(graph):
+    """Two trainers in one SFT asset: the curriculum phase logs into a child run, so the main
+    phase's arguments are not refused as "changed param values" (that batch used to be lost)."""
+    client = MlflowClient(graph.mlflow_uri)
+    exp = client.get_experiment_by_name("vlmrl")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (sft,) = [r for r in runs if r.data.tags.get("dagster.asset_key") == "sft_checkpoint"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sft.info.run_id]
+    assert [c.data.tags.get("vlmrl.curriculum_phase") for c in children] == ["1"]
+    (phase,) = children
+    assert phase.info.status == "FINISHED"
+    assert phase.data.params["_name_or_path"].endswith("checkpoints/base")
+    assert phase.data.params["max_steps"] == "2"
+    assert "train_loss" in phase.data.metrics
+    # the main phase's own arguments reached the stage's run: it starts from the phase's weights
+    assert sft.data.params["_name_or_path"].endswith("phase-1/final")
+    assert float(sft.data.params["num_train_epochs"]) == 1
+    assert float(sft.data.params["sft.num_train_epochs"]) == 1  # the recipe, logged by the tracker
+    assert sft.info.status == "FINISHED" and "train_loss" in sft.data.metrics
+    assert "mlflow_problems" not in graph.instance().get_latest_materialization_event(
+        AssetKey("sft_checkpoint")).asset_materialization.metadata

@@ -6,17 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# The format pieces, solutions and adversarial outputs are the campaign's (`vlmrl doctor`).
+from vlmrl.doctor.cases_rewards import ADVERSARIAL, FRAGMENTS, SOLUTIONS
 from vlmrl.rewards import METRICS, PROBLEM_TYPES, REWARD_RANGES, REWARDS, score_sample
 from vlmrl.rewards.accuracy import MAX_SCORE
 from vlmrl.rewards.ovd import od_length, od_map
-
-# Pieces of the formats the parsers look for, so random outputs reach deep into them.
-FRAGMENTS = [
-    "<think>", "</think>", "<answer>", "</answer>", "[", "]", "{", "}", ",", ":", " ", "\n",
-    '"Position"', "'Position'", '"Confidence"', "'Confidence'", '"bbox_2d"', '"label"', '"dog"',
-    "'cat'", "```json", "```", "No Objects", "None", "null", "true", "NaN", "Infinity", "-1e999",
-    "0", "1", "10", "100", "0.5", "-3", "1,000", "9" * 400, "B", "(B)", "A.", "golden retriever", "the",
-]  # fmt: skip
 
 model_text = st.one_of(
     st.text(max_size=200),
@@ -28,25 +22,6 @@ completion = st.one_of(
     model_text.map(lambda t: [{"role": "assistant", "content": [{"type": "text", "text": t}]}]),
 )
 
-SOLUTIONS = {
-    "multiple choice": ["B", "A"],
-    "numerical": ["3", "0.5", "-2"],
-    "OCR": ["STOP", "the quick fox"],
-    "free-form": ["a dog runs", "golden retriever"],
-    "regression": ["0", "10", "2.5"],
-    "classification": ["cat", "golden retriever"],
-    "grounding": ["[0, 0, 10, 10]", "[5, 5, 100, 100]"],
-    "detection": [
-        "No Objects",
-        "[{'Position': [0, 0, 10, 10]}]",
-        "[{'Position': [0, 0, 1, 1]}, {'Position': [5, 5, 100, 100]}]",
-    ],
-    "ovd": [
-        "None",
-        '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}]',
-        '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, {"bbox_2d": [0, 0, 1, 1], "label": "cat"}]',
-    ],
-}
 sample = st.sampled_from(PROBLEM_TYPES).flatmap(
     lambda t: st.tuples(
         st.just(t), st.sampled_from(SOLUTIONS[t]).map(lambda s: f"<answer>{s}</answer>")
@@ -108,29 +83,6 @@ def test_od_length_never_exceeds_od_map(pred, gt):
     ]
     answer, solution = ovd_json(pred), ovd_json(gt)
     assert 0.0 <= od_length(answer, solution) <= od_map(answer, solution) <= 1.0
-
-
-BIG = 1_000_000
-ADVERSARIAL = [
-    "",
-    " " * BIG,
-    "<answer>" * (BIG // 8),
-    "</answer>" * (BIG // 9),
-    "<think>" + "x " * (BIG // 2) + "</think><answer>" + "B " * (BIG // 2) + "</answer>",
-    "<answer>" + "[" * BIG + "</answer>",
-    "<answer>" + "{" * BIG + "</answer>",
-    "<answer>" + '[{"Position": [0, 0, 10, 10], "Confidence": 0.5}, ' * 20_000 + "</answer>",
-    "<answer>" + '[{"bbox_2d": [0, 0, 10, 10], "label": "dog"}, ' * 20_000 + "{}]</answer>",
-    "<answer>" + "9" * BIG + "</answer>",
-    "<answer>NaN</answer>",
-    "<answer>-inf</answer>",
-    "<answer>[NaN, 0, 1, 1]</answer>",
-    "<answer>[{'Position': [10, 10, 0, 0], 'Confidence': Infinity}]</answer>",
-    "<answer>[{'bbox_2d': [1e400, 0, 1, 1], 'label': 'dog'}]</answer>",
-    "<answer><answer><answer>B</answer></answer></answer>",
-    "<think><think></think></think><answer></answer><answer>A</answer>",
-    "<answer>\x00\ud800\U0001f600 é</answer>",
-]
 
 
 @pytest.mark.parametrize("name", sorted(REWARDS))

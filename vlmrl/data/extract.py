@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlmrl.atomic import atomic_directory
+from vlmrl.atomic import OutputKind, atomic_directory, check_output
 from vlmrl.data.frames import DecodedVideo, DecodeError, FrameOptions, decode_video, load_image
 from vlmrl.data.records import (
     LoadedAnnotations,
@@ -37,10 +37,13 @@ from vlmrl.data.records import (
     load_annotations,
     resolve_media,
 )
-from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
+from vlmrl.hashing import relative_ref, sha256_file, sha256_json, sha256_tree
 
 FORMAT = "vlmrl.frames/1"
 MANIFEST = "manifest.json"
+# what a dataset that extract_dataset wrote holds (the only kind it may replace)
+FRAME_DATASET = OutputKind("frame dataset", MANIFEST, keys=("fingerprint",),
+                           values=(("format", FORMAT),))
 
 
 def dataset_features():
@@ -108,17 +111,19 @@ def extract_dataset(
     *,
     workers: int | None = None,
     progress: bool = True,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> ExtractResult:
     """Validate ``annotations``, decode each referenced media file once, write the dataset.
 
     Bad annotation rows and undecodable or out-of-root media are rejected, counted and
     listed in the manifest with file/row/field and reason; they never abort the build.
+    ``out`` may only replace a frame dataset, and only with ``overwrite``; it may not be,
+    contain or lie inside the media root or the annotations (checked before any work).
     """
     opts = options or FrameOptions()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    protected = [("annotations", annotations), ("media root", media_root)]
+    check_output(out, FRAME_DATASET, overwrite=overwrite, protected=protected)
     media_root = Path(media_root)
     if not media_root.is_dir():
         raise NotADirectoryError(f"media root {media_root} is not a directory")
@@ -146,7 +151,7 @@ def extract_dataset(
         refcount[key] = refcount.get(key, 0) + 1
     ordered = [(key, tasks[key]) for key in refcount]  # first-appearance order
 
-    with atomic_directory(out, overwrite=overwrite) as staging:
+    with atomic_directory(out, overwrite, kind=FRAME_DATASET, protected=protected) as staging:
         arrow_tmp = staging / "rows.arrow"
         media_hashes: dict[str, str] = {}
         n_frames = 0
@@ -199,8 +204,11 @@ def extract_dataset(
         elapsed = time.perf_counter() - started
         manifest = {
             "format": FORMAT,
-            "annotations": {"file": str(annotations), "sha256": sha256_file(annotations)},
-            "media_root": str(media_root),
+            # ref: relative to this dataset, so a copied tree refers to itself; file: where it was
+            "annotations": {"file": os.path.abspath(annotations), "ref": relative_ref(annotations, out),
+                            "sha256": sha256_file(annotations)},
+            "media_root": os.path.abspath(media_root),
+            "media_root_ref": relative_ref(media_root, out),
             "options": opts.to_dict(),
             "counts": {
                 "rows": len(loaded.records) + len(loaded.errors),
@@ -299,9 +307,12 @@ def _process_media(task: tuple[tuple[str, str], str, FrameOptions]) -> _Media:
         return _Media(key, None, None, None, f"{path}: cannot read ({exc})")
     try:
         decoded = load_image(path, opts) if key[1] == "image" else decode_video(path, opts)
+        frames = _encode(decoded.frames, opts)
     except (DecodeError, ValueError) as exc:
         return _Media(key, sha, None, None, str(exc))
-    return _Media(key, sha, _encode(decoded.frames, opts), _meta(decoded), None)
+    except Exception as exc:  # noqa: BLE001 - whatever one file does, it costs its rows only
+        return _Media(key, sha, None, None, f"{path}: cannot decode ({type(exc).__name__}: {exc})")
+    return _Media(key, sha, frames, _meta(decoded), None)
 
 
 def _meta(d: DecodedVideo) -> dict[str, Any]:

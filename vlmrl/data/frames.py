@@ -11,10 +11,18 @@ sample has the same temporal layout; ``DecodedVideo.repeated`` says so.
 
 Decoding uses decord (batched ``get_batch``), falling back to PyAV for containers decord
 cannot open (e.g. AV1 in Matroska). Both return RGB uint8 arrays of shape [T, H, W, 3].
+
+A video must decode to the frames it claims to be. Its clock is checked: a frame rate
+that is not finite and positive (repaired from the packets' timestamps when those are
+sound), or frames that share a presentation time (zero durations, a zero timescale) are
+rejected. When decord returns one picture for different frames, as it does when it cannot
+seek, PyAV's in-order decode decides: its frames are used if they differ (decord seeks
+wrongly in some HEVC files), a still scene is kept, and an unconfirmed one is rejected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,34 +185,112 @@ def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
         raise DecodeError(f"{path}: empty file (0 bytes)")
     reasons = []
     expected = _declared_frames(path)
+    chosen = None
+    unconfirmed = False  # the chosen decode repeats pictures and no second decoder checked it
     for name, decoder in (("decord", _decode_decord), ("pyav", _decode_pyav)):
         try:
             frames, fps, total, indices, stamps = decoder(path, opts)
+            _check_decoded(frames, fps, indices, stamps)
         except Exception as exc:  # each backend has its own exception zoo
             reasons.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
             continue
-        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
-            reasons.append(f"{name}: unexpected frame array shape {frames.shape}")
+        truncated = bool(expected) and total < TRUNCATION_TOLERANCE * expected - 2
+        if chosen is None:
+            if truncated:
+                # A truncated file still decodes its first part; sampling that would silently
+                # answer questions about a video we do not have.
+                raise DecodeError(
+                    f"{path}: truncated video: the container declares about {expected} frames "
+                    f"but only {total} can be read at {fps:.4g} fps (a cut file, or a broken "
+                    "clock such as a zero timescale)"
+                )
+            chosen = (name, frames, fps, total, indices, stamps)
+            # One picture for different frames: a still scene, or a decoder that could not
+            # seek and "recovered" by repeating a frame. PyAV decodes in order, so it tells.
+            unconfirmed = name == "decord" and _repeated_pictures(frames, indices) > 0
+            if not unconfirmed:
+                break
             continue
-        if expected and total < TRUNCATION_TOLERANCE * expected - 2:
-            # A truncated file still decodes its first part; sampling that would silently
-            # answer questions about a video we do not have.
-            raise DecodeError(
-                f"{path}: truncated video: the container declares about {expected} frames "
-                f"but only {total} can be read"
-            )
-        src_h, src_w = frames.shape[1], frames.shape[2]
-        h, w = smart_resize(src_h, src_w, opts.min_pixels, video_max_pixels(opts, len(indices)))
-        return DecodedVideo(
-            frames=resize_frames(frames, h, w),
-            fps=float(fps),
-            num_source_frames=int(total),
-            frame_indices=indices,
-            timestamps=stamps,
-            decoder=name,
-            source_size=(src_h, src_w),
+        if truncated:
+            reasons.append(f"{name}: reads only {total} of about {expected} frames")
+            continue
+        unconfirmed = False
+        if _repeated_pictures(frames, indices) < _repeated_pictures(chosen[1], chosen[4]):
+            chosen = (name, frames, fps, total, indices, stamps)
+    if chosen is None:
+        raise DecodeError(f"{path}: cannot decode video ({'; '.join(reasons)})")
+    if unconfirmed:
+        raise DecodeError(
+            f"{path}: decord returns the same picture for different frames "
+            f"({_repeated_pictures(chosen[1], chosen[4])} of {len(chosen[4])} sampled, at "
+            f"{chosen[2]:.4g} fps), as decoders do when they cannot seek; the in-order decode "
+            f"that would tell a still scene failed ({'; '.join(reasons)})"
         )
-    raise DecodeError(f"{path}: cannot decode video ({'; '.join(reasons)})")
+    name, frames, fps, total, indices, stamps = chosen
+    src_h, src_w = frames.shape[1], frames.shape[2]
+    h, w = smart_resize(src_h, src_w, opts.min_pixels, video_max_pixels(opts, len(indices)))
+    return DecodedVideo(
+        frames=resize_frames(frames, h, w),
+        fps=float(fps),
+        num_source_frames=int(total),
+        frame_indices=indices,
+        timestamps=stamps,
+        decoder=name,
+        source_size=(src_h, src_w),
+    )
+
+
+def _check_decoded(frames: np.ndarray, fps: float, indices: list[int], stamps: list[float]) -> None:
+    """Refuse a decode whose shape or clock is wrong: frames that cannot be placed in time
+    would be stored as a video that is not the one on disk."""
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+        raise DecodeError(f"unexpected frame array shape {frames.shape}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise DecodeError(f"frame rate {fps} is not a positive finite number")
+    if not all(math.isfinite(t) for t in stamps):
+        raise DecodeError(f"non-finite frame timestamps {stamps[:8]}")
+    placed = sorted(set(zip(indices, stamps, strict=True)))
+    for (i0, t0), (i1, t1) in zip(placed, placed[1:], strict=False):
+        if i1 != i0 and t1 <= t0:
+            raise DecodeError(
+                f"frames {i0} and {i1} have timestamps {t0} s and {t1} s: the container's frame "
+                "durations are zero or broken, so the frames cannot be placed in time"
+            )
+
+
+def _repeated_pictures(frames: np.ndarray, indices: list[int]) -> int:
+    """How many sampled frames are pixel-identical to the frame of a different source index."""
+    first_index: dict[bytes, int] = {}
+    repeats = 0
+    for frame, index in zip(frames, indices, strict=True):
+        key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+        if first_index.setdefault(key, index) != index:
+            repeats += 1
+    return repeats
+
+
+def _check_clock(times: list[float], total: int) -> None:
+    """Every frame needs its own presentation time: frames that share one (zero frame
+    durations, a zero timescale) cannot be placed in time, and decoders that seek by time
+    hand back some other frame for them."""
+    shared = total - len(set(times))
+    if shared:
+        raise DecodeError(
+            f"{shared} of {total} frames share a presentation time with another (zero frame "
+            "durations): the frames cannot be placed in time"
+        )
+
+
+def _fps_from_pts(pts: list[int], time_base: Any, total: int) -> float:
+    """Frame rate from the packets' own timestamps, when they are sound: one per packet,
+    all distinct. Otherwise the video cannot be placed in time and is refused."""
+    ticks = sorted(set(pts))
+    if time_base is None or not time_base > 0 or len(ticks) < 2 or len(ticks) != total:
+        raise DecodeError(
+            f"no usable frame rate: the header gives none and the packet timestamps are not "
+            f"sound ({len(ticks)} distinct timestamps for {total} frames)"
+        )
+    return (len(ticks) - 1) / float((ticks[-1] - ticks[0]) * time_base)
 
 
 def load_image(path: str | Path, opts: FrameOptions) -> DecodedVideo:
@@ -263,6 +349,7 @@ def _decode_decord(path: Path, opts: FrameOptions):
     if total < 1:
         raise DecodeError("no frames")
     fps = float(reader.get_avg_fps())
+    _check_clock(reader.get_frame_timestamp(list(range(total)))[:, 0].tolist(), total)
     indices = sample_indices(total, fps, opts)
     frames = reader.get_batch(indices).asnumpy()
     starts = reader.get_frame_timestamp(indices)[:, 0]
@@ -278,11 +365,17 @@ def _decode_pyav(path: Path, opts: FrameOptions):
         if stream is None:
             raise DecodeError("no video stream")
         # Count frames by demuxing packets (no decoding): container metadata is often 0.
-        total = sum(1 for p in container.demux(stream) if p.size > 0)
+        pts = [p.pts for p in container.demux(stream) if p.size > 0]
+        total = len(pts)
         if total < 1:
             raise DecodeError("no video packets")
+        known = [t for t in pts if t is not None]  # AVI and raw streams may carry none
+        if len(known) == total:
+            _check_clock(known, total)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
+        if not (math.isfinite(fps) and fps > 0):  # repair from the real timestamps
+            fps = _fps_from_pts(known, stream.time_base, total)
         indices = sample_indices(total, fps, opts)
         wanted: dict[int, list[int]] = {}
         for pos, idx in enumerate(indices):

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmrl.atomic import atomic_write_text
+from vlmrl.data.extract import MANIFEST
+from vlmrl.hashing import relative_ref, sha256_file, sha256_tree
 
 REPORT = "report.json"
 FORMAT = "vlmrl.report/1"
@@ -108,6 +110,21 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _inputs(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The checkpoint and benchmark entries with references relative to the report directory,
+    and the benchmark frame dataset's manifest hash, so the audit can follow them in a copy."""
+    ckpt, bench = dict(report.get("checkpoint") or {}), dict(report.get("benchmark") or {})
+    if ckpt.get("path"):
+        ckpt["ref"] = relative_ref(ckpt["path"], out)
+    source = Path(str(bench.get("source") or ""))
+    if bench.get("source") and (source / MANIFEST).is_file():  # a frame dataset directory
+        bench["dataset_ref"] = relative_ref(source, out)
+        bench["dataset_manifest_sha256"] = sha256_file(source / MANIFEST)
+    elif bench.get("source") and source.is_file():  # an annotation file (frames cached elsewhere)
+        bench["source_ref"] = relative_ref(source, out)
+    return {"checkpoint": ckpt, "benchmark": bench}
+
+
 def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
                  predictions: Sequence[dict[str, Any]]) -> Path:
     """Write predictions.jsonl, report.md, accuracy.png, then report.json (last)."""
@@ -118,8 +135,10 @@ def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
                   "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     atomic_write_text(out / "report.md", markdown(report))
     plot_report(report, out / "accuracy.png")
-    report = {**report, "format": FORMAT,
-              "files": {"predictions": "predictions.jsonl", "markdown": "report.md", "plot": "accuracy.png"}}
+    report = {**report, "format": FORMAT, **_inputs(report, out),
+              "files": {"predictions": "predictions.jsonl", "markdown": "report.md", "plot": "accuracy.png"},
+              # what the lineage audit re-hashes (report.json itself is the report's identity)
+              "file_sha256": sha256_tree(out, exclude=(REPORT,))}
     atomic_write_text(out / REPORT, json.dumps(report, indent=1, default=float) + "\n")
     return out / REPORT
 

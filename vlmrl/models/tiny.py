@@ -27,9 +27,11 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from vlmrl.models.saving import atomic_directory
+from vlmrl.atomic import OutputKind, atomic_directory, check_output
 
 # Qwen's control tokens: they must exist so the processor and the model agree on ids.
+# what build_tiny_model writes (tiny_spec.json last): the only kind it may replace
+TINY_MODEL = OutputKind("tiny model", "tiny_spec.json", keys=("spec", "seed"))
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -274,9 +276,7 @@ def build_tiny_model(
     """
     spec = spec or TinyModelSpec()
     spec.validate()
-    out = Path(out_dir).resolve()
-    if out.exists() and not overwrite:  # fail before the (cheap but not free) build
-        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
+    out = check_output(out_dir, TINY_MODEL, overwrite=overwrite)  # fail before the build
 
     tokenizer = build_tokenizer(texts, spec)
     processor = build_processor(tokenizer, spec)
@@ -293,7 +293,7 @@ def build_tiny_model(
         do_sample=False,
     )
 
-    with atomic_directory(out, overwrite) as staging:
+    with atomic_directory(out, overwrite, kind=TINY_MODEL) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
         (staging / "tiny_spec.json").write_text(_spec_json(spec, seed))

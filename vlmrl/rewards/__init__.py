@@ -9,7 +9,7 @@
 """
 
 from vlmrl.data.records import PROBLEM_TYPES
-from vlmrl.rewards.accuracy import METRICS, score_sample
+from vlmrl.rewards.accuracy import METRICS, check_solution, score_sample
 from vlmrl.rewards.answers import (
     completion_text,
     extract_answer,
@@ -31,6 +31,7 @@ __all__ = [
     "REWARD_RANGES",
     "BoundReward",
     "TemporalBonus",
+    "check_solution",
     "completion_text",
     "extract_answer",
     "get_reward",

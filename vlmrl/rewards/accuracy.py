@@ -7,7 +7,7 @@ from typing import Any
 
 from vlmrl.data.records import PROBLEM_TYPES
 from vlmrl.rewards import detection, ovd, text
-from vlmrl.rewards.answers import completion_text, extract_answer, solution_answer
+from vlmrl.rewards.answers import _CLOSE, _OPEN, completion_text, extract_answer, solution_answer
 
 Scorer = Callable[[str, str], float]
 
@@ -56,6 +56,26 @@ def check_metric(problem_type: str, metric: str | None) -> Scorer:
     if metric not in metrics:
         raise ValueError(f"unknown metric {metric!r} for {problem_type!r}; valid: {list(metrics)}")
     return metrics[metric]
+
+
+def check_solution(problem_type: str, solution: Any) -> str:
+    """The answer of a ground-truth ``solution``, once every metric of ``problem_type`` has read it.
+
+    Runs the same solution parsers the rewards and evaluation run (each scorer parses its ground
+    truth before looking at the answer), so data that would raise inside RL or evaluation fails
+    here, at load time. A solution also needs exactly one ``<answer>`` block: the rewards read the
+    first one, so a second one would be silently ignored. Raises ``ValueError`` with the reason.
+
+    >>> check_solution("numerical", "<answer>1,000</answer>")
+    '1,000'
+    """
+    scorers = METRICS[check_problem_type(problem_type)]
+    answer = solution_answer(solution)
+    if solution.count(_OPEN) > 1 or solution.count(_CLOSE) > 1:
+        raise ValueError(f"solution has more than one {_OPEN} tag: {solution[:200]!r}")
+    for scorer in scorers.values():
+        scorer("", answer)  # an empty answer scores 0 after the solution has been parsed
+    return answer
 
 
 def score_sample(

@@ -8,16 +8,35 @@ from typing import Any
 
 
 def _assignments(items: list[str] | None, what: str) -> dict[str, Any]:
-    """["sft.max_steps=2", ...] -> {"sft": {"max_steps": 2}}; values are read as YAML."""
-    from vlmrl.recipes import deep_merge, parse_yaml
+    """["sft.max_steps=2", ...] -> {"sft": {"max_steps": 2}}; values are read as YAML.
+
+    A malformed item raises a one-line ValueError naming it (no '=', an empty key or key
+    part, a value that is not YAML); for ``--set`` the key path must also name a recipe key.
+    """
+    import yaml
+
+    from vlmrl.recipes import Recipe, deep_merge, parse_yaml
+    from vlmrl.train.config_io import ConfigError, check_key_path
 
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
-        value: Any = parse_yaml(text)
-        for part in reversed(key.split(".")):
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"{what} {item!r}: expected KEY=VALUE with a dotted key, "
+                             "e.g. rl.max_steps=10")
+        try:
+            value: Any = parse_yaml(text)
+        except yaml.YAMLError as exc:  # one line: what is wrong, not the parser's trace
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{what} {item[:200]!r}: the value {text[:60]!r} is not valid "
+                             f"YAML ({problem})") from None
+        if what == "--set":  # recipe keys: a typo fails here, naming the assignment
+            try:
+                check_key_path(Recipe, parts)
+            except ConfigError as exc:
+                raise ValueError(f"{what} {item!r}: {exc}") from None
+        for part in reversed(parts):
             value = {part: value}
         out = deep_merge(out, value)
     return out
@@ -41,7 +60,8 @@ def _report(path, kind: str) -> None:
 def cmd_base(args: argparse.Namespace) -> int:
     from vlmrl.train.pipeline import build_base_model
 
-    _report(build_base_model(_recipe(args), args.out, args.frames), "base")
+    _report(build_base_model(_recipe(args), args.out, args.frames, overwrite=args.overwrite),
+            "base")
     return 0
 
 
@@ -50,7 +70,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     tracking = _assignments(args.tracking, "--tracking")
     _report(train_sft(_recipe(args), args.base, args.frames, args.out, tracking,
-                      resume=args.resume), "sft")
+                      resume=args.resume, overwrite=args.overwrite), "sft")
     return 0
 
 
@@ -59,13 +79,15 @@ def cmd_rl(args: argparse.Namespace) -> int:
 
     tracking = _assignments(args.tracking, "--tracking")
     _report(train_rl(_recipe(args), args.sft, args.frames, args.out, tracking,
-                     resume=args.resume), "rl")
+                     resume=args.resume, overwrite=args.overwrite), "rl")
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", required=True, help="a recipe file, or a name from configs/")
     p.add_argument("--out", required=True, help="the checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint of this stage already at --out (nothing else is replaced)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set rl.max_steps=10 (repeatable)")
 

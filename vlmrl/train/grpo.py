@@ -635,6 +635,6 @@ def run_grpo(
         loaded.model, loaded.processor, train_dataset, output_dir, config, callbacks=callbacks
     )
     trainer.train()
-    return save_model_dir(
-        trainer.model, loaded.processor, Path(output_dir) / "final", overwrite=True
-    )
+    # replaces the final model of an earlier run here, never the model it started from
+    return save_model_dir(trainer.model, loaded.processor, Path(output_dir) / "final",
+                          overwrite=True, protected=[("starting model", model_dir)])

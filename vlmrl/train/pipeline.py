@@ -14,7 +14,13 @@ inputs starts afresh instead of resuming someone else's optimizer state.
 
 Resuming loads optimizer, scheduler and RNG states with ``torch.load(weights_only=True)``
 (transformers 5 does this throughout, allow-listing numpy's RNG types), so a checkpoint
-cannot execute code when loaded; our own extra state is JSON.
+cannot execute code when loaded; our own extra state is JSON. A run killed after its
+last trainer checkpoint is finished from it without another step, and a resumed run
+records the loss and runtime of all its sessions (vlmrl.train.resume.train_or_finish).
+
+A stage writes its checkpoint only where nothing is lost (vlmrl.atomic.check_output,
+checked before training): never onto, into or around its parent or datasets, and over an
+earlier checkpoint of the same stage only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -24,19 +30,21 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 
-from vlmrl.atomic import atomic_directory
+from vlmrl.atomic import OutputKind, Protected, atomic_directory, check_output
 from vlmrl.data.extract import load_frame_dataset
-from vlmrl.lineage import LINEAGE, dataset_entry, lineage_hash, write_manifest
+from vlmrl.lineage import FORMAT, LINEAGE, dataset_entry, lineage_hash, write_manifest
 from vlmrl.models.loading import check_checkpoint_dir, freeze_vision_tower, load_model
 from vlmrl.recipes import Recipe
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
+from vlmrl.train.resume import train_or_finish
 from vlmrl.train.sft import build_sft_trainer, select_families
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,16 @@ RUN_FILE = "run.json"  # in the work directory: which run its checkpoints belong
 TRAIN_LOG = "train_log.json"  # in the final checkpoint: the trainer's log history
 TRAINER_STATE = "trainer_state.json"  # written last into a trainer checkpoint
 PHASE_FILE = "phase.json"  # in a finished curriculum phase's weights: its summary
+# the trainer's work directory of a run (only its run.json tells it is ours to empty)
+WORK_DIR = OutputKind("trainer work directory", RUN_FILE, keys=("recipe_sha256",))
+# a finished curriculum phase's weights (inside the work directory, ours to replace)
+PHASE_OUTPUT = OutputKind("curriculum phase", PHASE_FILE, keys=("phase",))
 TEXT_COLUMNS = ("problem", "options", "problem_type", "process", "solution", "data_type")
+
+
+def checkpoint_kind(kind: str) -> OutputKind:
+    """A checkpoint of `kind` (base / sft / rl) as written here: what a stage may replace."""
+    return OutputKind(f"{kind} checkpoint", LINEAGE, values=(("format", FORMAT), ("kind", kind)))
 
 
 def work_dir_for(out_dir: str | os.PathLike[str]) -> Path:
@@ -80,6 +97,8 @@ def build_base_model(
     recipe: Recipe,
     out_dir: str | os.PathLike[str],
     corpus_datasets: Sequence[str | os.PathLike[str]] = (),
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """The base checkpoint with its lineage: built (recipe.model.tiny) or linked (recipe.model.path).
 
@@ -87,17 +106,19 @@ def build_base_model(
     (frame datasets: prompts, CoT traces and answers), seeded by recipe.seed.
     path: a local checkpoint, checked (config + safetensors) and linked file by file, not
     copied, into `out_dir` next to a lineage.json of kind "base".
+    An existing base checkpoint at `out_dir` is replaced only with overwrite; nothing else is.
     """
     model = recipe.model
     if model.tiny is None:
-        return _link_checkpoint(model.path, out_dir, kind="base", recipe=recipe)
+        return _link_checkpoint(model.path, out_dir, overwrite, kind="base", recipe=recipe)
     if not corpus_datasets:
         raise ValueError("building the tiny model needs frame datasets for its tokenizer")
     from vlmrl.models.tiny import build_tiny_model
 
-    out = Path(out_dir).resolve()
+    kind, protected = checkpoint_kind("base"), _inputs(("tokenizer corpus", corpus_datasets))
+    out = check_output(out_dir, kind, overwrite=overwrite, protected=protected)
     entries = [dataset_entry(p, "tokenizer_corpus") for p in corpus_datasets]
-    with atomic_directory(out, overwrite=True) as staging:
+    with atomic_directory(out, overwrite, kind=kind, protected=protected) as staging:
         # build_tiny_model stages atomically itself; here it replaces our empty staging dir.
         build_tiny_model(staging, _corpus(recipe, corpus_datasets), model.tiny,
                          seed=recipe.seed, overwrite=True)
@@ -106,20 +127,27 @@ def build_base_model(
     return out
 
 
+def _inputs(*groups: tuple[str, Iterable[str | os.PathLike[str]]]) -> list[tuple[str, Path]]:
+    """(role, path) pairs that an output may not be, contain or lie inside."""
+    return [(role, Path(p)) for role, paths in groups for p in paths]
+
+
 def _link_checkpoint(
-    source_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], **manifest: Any
+    source_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], overwrite: bool,
+    protected: Protected = (), **manifest: Any
 ) -> Path:
     """A checkpoint whose files are symlinks to `source_dir`'s (big weights are not copied)."""
     source = check_checkpoint_dir(source_dir)
-    out = Path(out_dir).resolve()
-    with atomic_directory(out, overwrite=True) as staging:
+    protected = [("source checkpoint", source), *protected]
+    with atomic_directory(out_dir, overwrite, kind=checkpoint_kind(manifest["kind"]),
+                          protected=protected) as staging:
         for item in sorted(source.iterdir()):
             if item.name != LINEAGE:
                 (staging / item.name).symlink_to(item.resolve())
         recipe = manifest.pop("recipe")
         write_manifest(staging, recipe=recipe.to_dict(), seed=recipe.seed,
                        extra={"linked_from": str(source)}, **manifest)
-    return out
+    return Path(out_dir).resolve()
 
 
 def _corpus(recipe: Recipe, datasets: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -144,17 +172,21 @@ def train_sft(
     *,
     resume: bool = True,
     callbacks: list[Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """SFT (recipe.sft) of the base checkpoint on a frame dataset -> checkpoint `out_dir`.
 
     With ``sft: null`` in the recipe (RL straight from the base, as in Visual-RFT) the
     checkpoint links to the base model's files and records that no SFT was done.
+    An existing sft checkpoint at `out_dir` is replaced only with overwrite.
     """
     if recipe.sft is None:
-        return _link_checkpoint(base_dir, out_dir, kind="sft", recipe=recipe, parent=base_dir,
-                                metrics={"skipped": True}, tracking=tracking)
+        return _link_checkpoint(base_dir, out_dir, overwrite,
+                                _inputs(("training dataset", [sft_frames_dir])), kind="sft",
+                                recipe=recipe, parent=base_dir, metrics={"skipped": True},
+                                tracking=tracking)
     return _run_stage("sft", recipe, build_sft_trainer, base_dir, sft_frames_dir, out_dir,
-                      tracking, resume, callbacks)
+                      tracking, resume, callbacks, overwrite)
 
 
 def train_rl(
@@ -166,10 +198,14 @@ def train_rl(
     *,
     resume: bool = True,
     callbacks: list[Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """GRPO-family RL (recipe.rl) of the SFT checkpoint on a frame dataset -> `out_dir`."""
+    """GRPO-family RL (recipe.rl) of the SFT checkpoint on a frame dataset -> `out_dir`.
+
+    An existing rl checkpoint at `out_dir` is replaced only with overwrite.
+    """
     return _run_stage("rl", recipe, build_grpo_trainer, sft_dir, rl_frames_dir, out_dir,
-                      tracking, resume, callbacks)
+                      tracking, resume, callbacks, overwrite)
 
 
 def _run_stage(
@@ -182,8 +218,12 @@ def _run_stage(
     tracking: dict[str, Any] | None,
     resume: bool,
     callbacks: list[Any] | None,
+    overwrite: bool,
 ) -> Path:
-    """Train recipe.<kind> from the parent checkpoint; write the final checkpoint atomically."""
+    """Train recipe.<kind> from the parent checkpoint; write the final checkpoint atomically.
+
+    Where the output may go is checked before any training (see vlmrl.atomic.check_output).
+    """
     recipe.model.apply_threads()
     config = getattr(recipe, kind)
     if recipe.model.device == "cpu":
@@ -193,10 +233,13 @@ def _run_stage(
     parent = check_checkpoint_dir(parent_dir)
     if not (parent / LINEAGE).is_file():
         raise FileNotFoundError(f"{parent} has no {LINEAGE}: make it with the previous stage")
+    output = checkpoint_kind(kind)
+    protected = _inputs(("parent checkpoint", [parent]), ("training dataset", [frames_dir]))
+    out = check_output(out_dir, output, overwrite=overwrite, protected=protected)
+    work = work_dir_for(out)
+    check_output(work, WORK_DIR, overwrite=True, protected=protected)
     dataset, _ = load_frame_dataset(frames_dir)
     entry = dataset_entry(frames_dir, kind)
-    out = Path(out_dir).resolve()
-    work = work_dir_for(out)
     run = {"kind": kind, "recipe_sha256": recipe.sha256, "parent": lineage_hash(parent),
            "dataset": entry["fingerprint"]}
     state = PartialState()
@@ -214,14 +257,10 @@ def _run_stage(
                             callbacks=callbacks)
     if checkpoint is not None:
         log.info("resuming %s training from %s", kind, checkpoint)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    metrics: dict[str, Any] = {"global_step": trainer.state.global_step, **output.metrics}
+    metrics = train_or_finish(trainer, checkpoint)
     if phases:
         metrics["curriculum"] = phases
         metrics["curriculum_steps"] = sum(p["global_step"] for p in phases)
-    if checkpoint is not None:
-        metrics["resumed_from_step"] = int(checkpoint.name.split("-")[1])
     logged = [e for e in trainer.state.log_history if "loss" in e]
     if logged:
         metrics.update({f"last_{k}": v for k, v in logged[-1].items()
@@ -233,7 +272,8 @@ def _run_stage(
                        recipe=recipe.to_dict(), seed=config.seed, metrics=metrics,
                        tracking=tracking)
 
-    _save_trained(trainer, loaded.processor, out, describe, superseded=[work])
+    _save_trained(trainer, loaded.processor, out, describe, superseded=[work],
+                  kind=output, overwrite=overwrite, protected=protected)
     return out
 
 
@@ -247,13 +287,14 @@ def _load_for_training(recipe: Recipe, config: Any, start: Path) -> Any:
 
 
 def _save_trained(trainer: Any, processor: Any, out: Path, describe: Callable[[Path], None],
-                  superseded: Sequence[Path]) -> None:
+                  superseded: Sequence[Path], kind: OutputKind, overwrite: bool,
+                  protected: Protected = ()) -> None:
     """Weights (gathered if sharded), processor and `describe`'s files into `out`, atomically,
     on the main process; then the trainer checkpoints in `superseded` are deleted."""
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model)  # gathers sharded (ZeRO-3/FSDP) weights
     if accelerator.is_main_process:
-        with atomic_directory(out, overwrite=True) as staging:
+        with atomic_directory(out, overwrite, kind=kind, protected=protected) as staging:
             model = accelerator.unwrap_model(trainer.model)
             model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             processor.save_pretrained(staging)
@@ -295,19 +336,59 @@ def _run_curriculum(
                                         config.phase(phase), callbacks=callbacks)
             log.info("curriculum phase %d: %d steps on %s (%d rows)", i, phase.max_steps,
                      ", ".join(phase.families), len(rows))
-            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            with _phase_tracking(config.report_to, i):
+                metrics = train_or_finish(trainer, checkpoint)
             summary = {"phase": i, "families": list(phase.families), "rows": len(rows),
-                       "global_step": trainer.state.global_step,
-                       "train_loss": output.metrics.get("train_loss")}
+                       "global_step": metrics["global_step"],
+                       "train_loss": metrics.get("train_loss")}
             summaries.append(summary)
 
             def describe(staging: Path, summary: dict[str, Any] = summary) -> None:
                 (staging / PHASE_FILE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
 
             _save_trained(trainer, loaded.processor, final, describe,
-                          superseded=sorted(phase_dir.glob("checkpoint-*")))
+                          superseded=sorted(phase_dir.glob("checkpoint-*")),
+                          kind=PHASE_OUTPUT, overwrite=True)
         start = final
     return start, summaries
+
+
+@contextmanager
+def _phase_tracking(report_to: str | list[str], phase: int) -> Iterator[None]:
+    """A curriculum phase reports to MLflow as a child run of the stage's active run.
+
+    Each Trainer's MLflowCallback logs its arguments and model config as params; a second
+    trainer in the same run logs other values for the same keys (``_name_or_path``,
+    ``output_dir``), which MLflow refuses, losing that whole batch of params. With the child
+    run active, the phase's callback logs into it and starts or ends no run itself (a
+    callback that started a nested run would end the stage's run when garbage-collected).
+    Without an active run (no tracker, or a subprocess) nothing changes.
+    """
+    wanted = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "mlflow" not in wanted and "all" not in wanted:
+        yield
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:
+        yield
+        return
+    try:
+        mlflow.start_run(nested=True, run_name=f"curriculum phase {phase}",
+                         tags={"vlmrl.curriculum_phase": str(phase)})
+    except Exception as exc:  # noqa: BLE001 - tracking never stops training
+        log.warning("could not open an MLflow run for curriculum phase %d: %s", phase, exc)
+        yield
+        return
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not end the MLflow run of curriculum phase %d: %s", phase, exc)
 
 
 def _claim_work_dir(work: Path, run: dict[str, Any], resume: bool) -> None:
