@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from orchestration.resources import default_artifact_root
 from vlmrl.lineage import Anchor, audit, format_chain, head_sha256, read_manifest
@@ -39,8 +39,9 @@ def _latest(instance: DagsterInstance, key: str, partition: str | None = None) -
     if partition is None:
         event = instance.get_latest_materialization_event(AssetKey(key))
     else:
-        event = next((r.event_log_entry for r in instance.fetch_materializations(AssetKey(key), limit=100).records
-                      if r.partition_key == partition), None)
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition]), limit=1).records
+        event = records[0].event_log_entry if records else None
     if event is None or event.asset_materialization is None:
         where = f"[{partition}]" if partition else ""
         raise LookupError(f"{key}{where} has never been materialized in {instance.root_directory}")

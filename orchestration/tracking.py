@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import re
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ import mlflow
 import requests
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Param
+from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
@@ -121,6 +122,19 @@ class TrackedRun:
         """Record a tracking failure: kept for the asset's metadata and logged as a warning."""
         self.problems.append(problem)
         (self.logger or log).warning("MLflow run %s: %s", self.run_id, problem)
+
+    def set_tag(self, key: str, value: str) -> None:
+        """A tag on this run (through the store, whatever run is active in-process)."""
+        with self.guard(f"setting the tag {key}"):
+            _client(self.env["MLFLOW_TRACKING_URI"]).set_tag(self.run_id, key, value)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Metrics of this run (through the store, whatever run is active in-process)."""
+        if metrics:
+            with self.guard("logging metrics"):
+                now = int(time.time() * 1000)
+                _client(self.env["MLFLOW_TRACKING_URI"]).log_batch(
+                    self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:

@@ -97,6 +97,23 @@ def test_a_kill_mid_swap_is_repaired_from_the_trash(tmp_path):
     assert (out / "data.txt").read_text() == "a" and not trash.exists()
 
 
+def test_a_restored_output_is_decided_on_before_the_build(tmp_path):
+    """The restore happens before the decision: a writer without overwrite is refused up
+    front, not after it has built its output (which would then be thrown away)."""
+    from vlmrl.atomic import HOST_TAG
+
+    out = write_output(tmp_path / "out")
+    trash = tmp_path / f".out.old-p{dead_pid()}-h{HOST_TAG}-abc"
+    trash.mkdir()
+    os.replace(out, trash / "out")
+    built = []
+    with pytest.raises(FileExistsError, match="already holds"), atomic_directory(out, kind=KIND):
+        built.append(True)
+    assert not built and (out / "data.txt").read_text() == "a"
+    write_output(out, "b")  # with overwrite (write_output passes it), replaced as usual
+    assert (out / "data.txt").read_text() == "b"
+
+
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     from vlmrl.data.synth import SynthSizes, generate

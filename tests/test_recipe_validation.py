@@ -32,7 +32,8 @@ BAD_VALUES = [
     ({"rl": {"per_device_train_batch_size": 0}}, "rl.per_device_train_batch_size: must be >= 1, got 0"),
     ({"rl": {"num_generations": 0}}, "rl.num_generations: must be >= 2, got 0"),
     ({"rl": {"num_generations": 3}},  # the default batch is 8
-     "rl.per_device_train_batch_size: must be a multiple of rl.num_generations (3)"),
+     "rl.per_device_train_batch_size: per_device_train_batch_size * steps_per_generation (8) "
+     "must be a multiple of num_generations (3)"),
     ({"rl": {"beta": float("nan")}}, "rl.beta: must be a finite number, got nan"),
     ({"rl": {"reward_weights": [1.0, float("inf")]}},
      "rl.reward_weights[1]: must be a finite number, got inf"),
@@ -222,3 +223,12 @@ def test_a_recipe_file_nested_too_deeply_is_invalid_yaml_not_a_traceback(tmp_pat
     path.write_text("rl: " + "[" * 3000)
     with pytest.raises(RecipeError, match=r"deep\.yaml: invalid YAML: nested too deeply to read"):
         load_recipe(path)
+
+
+def test_plain_grpo_batches_need_only_trl_global_check():
+    """Only group-level features keep a prompt group on one device: plain GRPO with 4 rows
+    per device and G = 8 is valid (TRL checks the global batch), T-GRPO with it is not."""
+    plain = load_recipe("tiny-cpu", {"rl": {"algorithm": "grpo", "per_device_train_batch_size": 4}})
+    assert plain.rl.per_device_train_batch_size == 4
+    with pytest.raises(RecipeError, match=r"\(4\) must be a multiple of num_generations \(8\)"):
+        load_recipe("tiny-cpu", {"rl": {"algorithm": "t_grpo", "per_device_train_batch_size": 4}})

@@ -14,6 +14,7 @@ killed run left behind are recognised and cleaned up by the next write to the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ def check_output(
     *,
     overwrite: bool = False,
     protected: Protected = (),
+    clean: bool = True,
 ) -> Path:
     """Raise unless writing a `kind` output to `out_dir` loses nothing; return the resolved path.
 
@@ -66,6 +68,9 @@ def check_output(
     existing file, or a non-empty directory that is not a complete `kind` output
     (FileExistsError, with or without overwrite); an existing `kind` output without
     `overwrite` (FileExistsError). An empty directory may always be used.
+    With `clean`, leftovers of killed writers are cleaned up first (`clean_stale`), so the
+    decision sees the target as it will be at the end of the write (a previous output a
+    killed swap left in the trash is back in place).
     """
     out = Path(out_dir).resolve()
     clashes = []
@@ -77,6 +82,8 @@ def check_output(
             clashes.append(f"{relation} the {role} {p}")
     if clashes:
         raise ValueError(f"refusing to write the {kind.label} to {out}: it {', '.join(clashes)}")
+    if clean:
+        clean_stale(out)
     if not (out.exists() or out.is_symlink()):
         return out
     if out.is_dir() and not any(out.iterdir()):
@@ -93,8 +100,17 @@ def check_output(
     return out
 
 
-# this host in staging / trash names (pids are only comparable on the same host)
-HOST_TAG = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+def _host_tag() -> str:
+    """This host and pid namespace, in staging / trash names: a pid is only comparable with
+    pids of the same namespace (containers sharing a volume and a hostname have their own)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:16]
+
+
+HOST_TAG = _host_tag()
 
 
 def _owner_tag() -> str:
@@ -169,14 +185,13 @@ def atomic_directory(
     """
     out = check_output(out_dir, kind, overwrite=overwrite, protected=protected)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
     tag = _owner_tag()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{tag}", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield staging
         # checked again: the target may have changed while the output was being built
-        check_output(out, kind, overwrite=overwrite)
+        check_output(out, kind, overwrite=overwrite, clean=False)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{tag}", dir=out.parent))
             os.replace(out, trash / out.name)

@@ -246,10 +246,6 @@ class Recipe:
         from trl import GRPOConfig, SFTConfig
 
         rl = self.rl
-        if rl.per_device_train_batch_size % rl.num_generations:
-            raise ConfigError("rl.per_device_train_batch_size", f"must be a multiple of "
-                              f"rl.num_generations ({rl.num_generations}): a batch holds whole "
-                              f"prompt groups of G completions, got {rl.per_device_train_batch_size}")
         if rl.length_bonus.l_max < rl.length_bonus.l_min:
             raise ConfigError("rl.length_bonus.l_max", f"must be >= l_min "
                               f"({rl.length_bonus.l_min}), got {rl.length_bonus.l_max}")
@@ -258,6 +254,9 @@ class Recipe:
             reserved["steps_per_generation"] = ("1 for reg_grpo and dynamic_sampling (a loss "
                                                 "call needs whole prompt groups)")
         check_trainer_kwargs(rl.trainer_kwargs, GRPOConfig, RLConfig, "rl.trainer_kwargs", reserved)
+        # the trainer's own rule (RLConfig.group_layout_problem), here at load time
+        if problem := rl.group_layout_problem(rl.per_device_train_batch_size, rl.steps_per_generation):
+            raise ConfigError("rl.per_device_train_batch_size", problem)
         if self.sft is not None:
             check_trainer_kwargs(self.sft.trainer_kwargs, SFTConfig, SFTTrainConfig,
                                  "sft.trainer_kwargs", RESERVED_SFT_KWARGS)

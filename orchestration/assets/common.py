@@ -33,25 +33,18 @@ def result(context: AssetExecutionContext, artifacts: ArtifactStore, path: Path,
     meta = {"path": MetadataValue.path(str(path)), "artifact_path": relative_ref(path, artifacts.root),
             "content_hash": version, **metadata}
     if run is not None:
-        import mlflow
-
-        if mlflow.active_run() is not None:
-            # the content hash outside the artifacts tree too: `vlmrl lineage --tracking-uri` checks it
-            with run.guard("recording the content hash"):
-                mlflow.set_tag(CONTENT_TAG, version)
+        # the content hash outside the artifacts tree too: `vlmrl lineage --tracking-uri` checks it
+        run.set_tag(CONTENT_TAG, version)
         meta.update(run.metadata)
     return MaterializeResult(data_version=DataVersion(version[:16]), metadata=meta)
 
 
 def log_metrics(metrics: Mapping[str, Any]) -> None:
-    """Numeric entries into the active MLflow run (the tracker's); a failing store is
-    reported on the tracked run, never fatal to the materialization."""
-    import mlflow
-
+    """Numeric entries into the tracked run of this materialization; a failing store is
+    reported on the run, never fatal to the materialization."""
     from orchestration.tracking import active_tracked_run
 
-    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v == v}
     run = active_tracked_run()
-    if clean and run is not None and mlflow.active_run() is not None:
-        with run.guard("logging metrics"):
-            mlflow.log_metrics(clean)
+    if run is not None:
+        run.log_metrics({k: float(v) for k, v in metrics.items()
+                         if isinstance(v, int | float) and v == v})

@@ -18,6 +18,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
+    AssetRecordsFilter,
     AutomationCondition,
     MetadataValue,
     asset,
@@ -40,9 +41,10 @@ EVAL_CODE_VERSION = "eval-1"
 
 def _latest_path(instance: Any, key: AssetKey, partition: str | None) -> str | None:
     """Path of the newest materialization of ``key`` (in ``partition``) whose files exist."""
-    for record in instance.fetch_materializations(key, limit=100).records:
+    only = AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None)
+    for record in instance.fetch_materializations(only, limit=100).records:
         mat = record.asset_materialization
-        if mat and (partition is None or mat.partition == partition) and "path" in mat.metadata:
+        if mat and "path" in mat.metadata:
             path = mat.metadata["path"].value
             if Path(path).exists():
                 return path
@@ -61,7 +63,7 @@ def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeRe
     with tracker.start_run(context, params={"eval": r.to_dict()["eval"], "stage": stage,
                                             "benchmark": bench_name}) as run:
         bench = load_benchmark(artifacts.frames(f"bench-{bench_name}"), name=bench_name)
-        report = evaluate_checkpoint(r, checkpoint, bench, out, stage=stage)
+        report = evaluate_checkpoint(r, checkpoint, bench, out, stage=stage, overwrite=True)
         s = report["summary"]
         sens = (report.get("temporal") or {}).get("sensitivity", {}).get("all", {})
         headline = {"accuracy": s["accuracy"]["mean"], "mc_accuracy": s["mc_accuracy"]["mean"],

@@ -400,3 +400,21 @@ def test_any_media_path_resolves_inside_root_or_is_a_media_path_error(tmp_path, 
     except MediaPathError:
         return
     assert resolved.is_file() and root.resolve() in resolved.parents
+
+
+def test_a_shared_time_in_a_long_video_is_tolerated_unless_sampled():
+    """A broken clock (over 1 % of frames sharing a time) refuses the video; one muxing
+    glitch in a long recording does not, but a sampled frame that sits on it does."""
+    from vlmrl.data.frames import _check_clock, _check_decoded
+
+    times = [i / 30 for i in range(300)]
+    times[150] = times[149]
+    _check_clock(times, 300)  # 1 of 300
+    for i in (10, 20, 30):
+        times[i] = times[i - 1]
+    with pytest.raises(DecodeError, match="4 of 300 frames share"):
+        _check_clock(times, 300)
+    two = np.zeros((2, 4, 4, 3), np.uint8)
+    _check_decoded(two, 30.0, [148, 151], [times[148], times[151]])
+    with pytest.raises(DecodeError, match="cannot be placed in time"):
+        _check_decoded(two, 30.0, [149, 150], [times[149], times[150]])

@@ -117,3 +117,30 @@ def test_temporal_sensitivity_is_paired_per_question():
     shuffled = [{"problem_id": str(i), "problem_type": "numerical", "data_type": "video", "score": float(i < 3)} for i in range(10)]
     sens = temporal_sensitivity(ordered, shuffled)
     assert sens["all"]["mean"] == pytest.approx(0.7) and sens["numerical"]["n"] == 10
+
+
+def test_a_report_replaces_only_a_report_and_only_when_asked(bench, tmp_path):
+    """`--out ~` must not scatter report files into (and hash) a user's directory: the report
+    directory is refused before a single question is answered."""
+    calls = []
+
+    def counting(rows, frames):
+        calls.append(len(rows))
+        return oracle(False)(rows, frames)
+
+    user = tmp_path / "home"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a benchmark report written by vlmrl"):
+        evaluate(bench, counting, user, EvalSettings(), progress=False)
+    assert not calls and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+    out = tmp_path / "r"
+    first = evaluate(bench, counting, out, EvalSettings(shuffled_control=False), progress=False)
+    calls.clear()
+    with pytest.raises(FileExistsError, match="already holds"):
+        evaluate(bench, counting, out, EvalSettings(shuffled_control=False), progress=False)
+    assert not calls and read_report(out)["created_at"] == first["created_at"]
+    evaluate(bench, counting, out, EvalSettings(shuffled_control=False), progress=False, overwrite=True)
+    assert calls and sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "predictions.jsonl", "report.json", "report.md"]

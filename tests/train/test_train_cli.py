@@ -15,7 +15,8 @@ from vlmrl.train.pipeline import work_dir_for
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["--set", "frames.train.max_frames=4", "--set", "sft.per_device_train_batch_size=4",
          "--set", "rl.max_completion_length=8", "--set", "rl.logging_steps=1",
-         "--set", "sft.logging_steps=1"]
+         "--set", "sft.logging_steps=1",
+         "--set", "sft.curriculum=[]"]  # tiny-cpu's 1,000-step phase (test_pipeline covers phases)
 
 
 def test_train_commands_run_every_stage(stage_frames, tmp_path, capsys):

@@ -269,12 +269,18 @@ def _repeated_pictures(frames: np.ndarray, indices: list[int]) -> int:
     return repeats
 
 
+# Share of a video's frames that may share a presentation time with another. Above it the
+# clock is broken (zero frame durations, a zero timescale) and the video is refused; below
+# it (a muxing glitch in a long recording) only the sampled frames must have distinct,
+# increasing times, which `_check_decoded` requires of every clip.
+MAX_SHARED_TIMES = 0.01
+
+
 def _check_clock(times: list[float], total: int) -> None:
-    """Every frame needs its own presentation time: frames that share one (zero frame
-    durations, a zero timescale) cannot be placed in time, and decoders that seek by time
-    hand back some other frame for them."""
+    """Frames need their own presentation times: frames that share one cannot be placed in
+    time, and decoders that seek by time hand back some other frame for them."""
     shared = total - len(set(times))
-    if shared:
+    if shared > MAX_SHARED_TIMES * total:
         raise DecodeError(
             f"{shared} of {total} frames share a presentation time with another (zero frame "
             "durations): the frames cannot be placed in time"

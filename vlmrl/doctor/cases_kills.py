@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,26 @@ def _leftovers(out: Path) -> list[str]:
 
 # --- the cases -----------------------------------------------------------------------------
 
+def _kill_with_retries(args: list[str], out: Path, log: Path,
+                       attempts: list[tuple[Callable[[float, str], bool], str]]) -> tuple[Killed, str]:
+    """Run and kill at each moment in turn until a kill lands before the run ends (a run
+    that finished first leaves a complete output of its own, removed before the next try)."""
+    for i, (when, where) in enumerate(attempts):
+        killed = _run_and_kill(args, when, log)
+        if killed.was_killed or i == len(attempts) - 1:
+            return killed, where
+        shutil.rmtree(out, ignore_errors=True)  # written by this case's own finished run
+    raise ValueError("no attempts")
+
+
+def _fresh_leftovers(out: Path) -> list[str]:
+    """Staging / trash next to ``out`` and a trainer work directory that should be gone."""
+    from vlmrl.train.pipeline import work_dir_for
+
+    work_dir = work_dir_for(out)
+    return _leftovers(out) + ([work_dir.name] if work_dir.exists() else [])
+
+
 def _extract_kill(seed: int) -> Callable[[Path], Result]:
     def case(work: Path) -> Result:
         stage = _stage(_root_of(work))
@@ -187,12 +208,14 @@ def _extract_kill(seed: int) -> Callable[[Path], Result]:
         out = work / "frames"
         args = _cli("data", "extract", "--annotations", str(data / "rl.json"), "--media-root",
                     str(data), "--out", str(out), "--workers", "2", "--max-frames", "4")
-        at = random.Random(seed).uniform(0.1, 0.6) * stage["extract_rl_s"]
-        killed = _run_and_kill(args, lambda t, _out: t >= at, work / "extract.log")
+        first = random.Random(seed).uniform(0.1, 0.6) * stage["extract_rl_s"]
+        moments = [first, first / 2, first / 4]
+        killed, where = _kill_with_retries(args, out, work / "extract.log", [
+            ((lambda t, _out, at=at: t >= at), f"at {at:.1f}s") for at in moments])
         if not killed.was_killed:
-            return Result.handled(f"finished before the kill at {at:.1f}s (no kill)")
+            return Result.handled(f"finished before every kill ({where} last): no kill")
         if out.exists() and (problem := _dataset_problem(out, reference)):
-            return Result.silent(f"killed at {at:.1f}s left {out.name} that looks complete: {problem}",
+            return Result.silent(f"killed {where} left {out.name} that looks complete: {problem}",
                                  kills=1, corrupt=1)
         done = out.exists()
         rerun = _run([*args, *(["--overwrite"] if done else [])])
@@ -200,10 +223,9 @@ def _extract_kill(seed: int) -> Callable[[Path], Result]:
             return Result.crashed(f"rerun failed: {rerun.stderr.strip()[-500:]}", kills=1)
         if problem := _dataset_problem(out, reference):
             return Result.silent(f"rerun: {problem}", kills=1)
-        stale = _leftovers(out)
-        if stale:
+        if stale := _leftovers(out):
             return Result.silent(f"staging left behind after the rerun: {stale}", kills=1)
-        return Result.handled(f"killed at {at:.1f}s ({'output complete' if done else 'no output'}); "
+        return Result.handled(f"killed {where} ({'output complete' if done else 'no output'}); "
                               "the rerun equals the reference", kills=1)
     return case
 
@@ -217,27 +239,23 @@ def _train_kill(kind: str, seed: int, at_write: bool = False) -> Callable[[Path]
         args = _cli("train", kind, "--recipe", "tiny-cpu", *SHORT, *parent,
                     "--frames", str(frames), "--out", str(out))
         if at_write:  # the moment the final checkpoint's staging directory appears
-            def when(_t: float, _out: str) -> bool:
+            def writing(_t: float, _out: str) -> bool:
                 return any(out.parent.glob(f".{out.name}.staging-*"))
-            where = "while writing the checkpoint"
-        else:  # a random moment after a random number of logged steps
+            attempts = [(writing, "while writing the checkpoint")] * 3
+        else:  # a random moment after a random number of logged steps; then earlier ones
             rng = random.Random(seed)
             after, delay = rng.randrange(0, MAX_STEPS), rng.uniform(0.0, 0.3)
-            seen: list[float] = []
-
-            def when(t: float, output: str) -> bool:
-                if not seen and len(STEP_LINE.findall(output)) >= after:
-                    seen.append(t)
-                return bool(seen) and t >= seen[0] + delay
-            where = f"{delay:.1f}s after step {after}"
-        killed = _run_and_kill(args, when, work / f"{kind}.log")
+            attempts = [_after_steps(n, d) for n, d in ((after, delay), (after // 2, 0.0), (0, 0.0))]
+        killed, where = _kill_with_retries(args, out, work / f"{kind}.log", attempts)
         if not killed.was_killed:
-            return Result.handled(f"finished before the kill {where} (no kill)")
+            return Result.handled(f"finished before every kill ({where} last): no kill")
         done_steps = len(STEP_LINE.findall(killed.stdout))
         if out.exists() and (problem := _checkpoint_problem(out)):
             return Result.silent(f"killed {where} left {out.name} that looks complete: {problem}",
                                  kills=1, corrupt=1)
         if out.exists():  # the kill came after the checkpoint was complete: nothing to redo
+            if stale := _fresh_leftovers(out):
+                return Result.silent(f"complete, but left behind: {stale}", kills=1)
             return Result.handled(f"killed {where}, after the checkpoint was complete", kills=1,
                                   lost_steps=[0], save_interval=SAVE_STEPS)
         rerun = _run(args)
@@ -245,6 +263,8 @@ def _train_kill(kind: str, seed: int, at_write: bool = False) -> Callable[[Path]
             return Result.crashed(f"resume failed: {rerun.stderr.strip()[-500:]}", kills=1)
         if problem := _checkpoint_problem(out):
             return Result.silent(f"resumed run: {problem}", kills=1)
+        if stale := _fresh_leftovers(out):
+            return Result.silent(f"resumed run left behind: {stale}", kills=1)
         from vlmrl.lineage import read_manifest
 
         resumed = read_manifest(out)["metrics"].get("resumed_from_step", 0)
@@ -253,6 +273,17 @@ def _train_kill(kind: str, seed: int, at_write: bool = False) -> Callable[[Path]
                               f"{resumed}; ends at {MAX_STEPS}", kills=1, lost_steps=[lost],
                               save_interval=SAVE_STEPS)
     return case
+
+
+def _after_steps(steps: int, delay: float) -> tuple[Callable[[float, str], bool], str]:
+    """Kill ``delay`` seconds after the trainer has logged ``steps`` steps."""
+    seen: list[float] = []
+
+    def when(t: float, output: str) -> bool:
+        if not seen and len(STEP_LINE.findall(output)) >= steps:
+            seen.append(t)
+        return bool(seen) and t >= seen[0] + delay
+    return when, f"{delay:.1f}s after step {steps}"
 
 
 def kill_cases(extract: int = 3, sft: int = 2, rl: int = 2,

@@ -92,7 +92,7 @@ def _fuzz(name: str, calls: int, seed: int) -> Callable[[Path], Result]:
         rng = random.Random(seed)
         types = sorted(SOLUTIONS)
         bad: list[str] = []
-        done = 0
+        done = scored = 0
         batches = [[random_completion(rng) for _ in range(4)] for _ in range(calls // 4)]
         batches.append(ADVERSARIAL)
         for batch in batches:
@@ -107,11 +107,15 @@ def _fuzz(name: str, calls: int, seed: int) -> Callable[[Path], Result]:
             done += len(batch)
             if len(out) != len(batch):
                 return Result.silent(f"{len(out)} values for {len(batch)} completions")
+            scored += sum(v is not None for v in out)
             bad += [repr(v) for v in out if v is not None and not (
                 isinstance(v, float) and math.isfinite(v) and low <= v <= high)]
         if bad:
             return Result.silent(f"{len(bad)} of {done} values out of [{low}, {high}]: {bad[:5]}")
-        return Result.handled(f"{done} garbage completions, all scored in [{low}, {high}] or None")
+        if not scored:  # None means "not my problem type"; a reward that never scores is broken
+            return Result.silent(f"None for all {done} completions, of every problem type")
+        return Result.handled(f"{done} garbage completions: {scored} scored in [{low}, {high}], "
+                              f"{done - scored} None (other problem types)")
     return case
 
 

@@ -120,7 +120,7 @@ BAD_RECIPES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("rl-g-zero", {"rl": {"num_generations": 0}}, ("rl.num_generations", ">= 2")),
     ("rl-g-one", {"rl": {"num_generations": 1}}, ("rl.num_generations", ">= 2")),
     ("rl-batch-not-multiple-of-g", {"rl": {"per_device_train_batch_size": 12}},
-     ("rl.per_device_train_batch_size", "multiple of rl.num_generations")),
+     ("rl.per_device_train_batch_size", "multiple of num_generations")),
     ("rl-negative-temperature", {"rl": {"temperature": -1.0}}, ("rl.temperature", "> 0")),
     ("rl-infinite-temperature", {"rl": {"temperature": float("inf")}},
      ("rl.temperature", "finite")),

@@ -90,7 +90,8 @@ def _run_one(recipe_dict: dict[str, Any], variant: str, seed: int, sft_dir: str,
     if not (checkpoint / "lineage.json").is_file():
         train_rl(recipe, sft_dir, rl_frames, checkpoint, resume=True)
     bench = load_benchmark(bench_frames, name=bench_name)
-    evaluate_checkpoint(recipe, checkpoint, bench, out / REPORT_DIR, stage=f"{variant}/seed-{seed}")
+    evaluate_checkpoint(recipe, checkpoint, bench, out / REPORT_DIR, stage=f"{variant}/seed-{seed}",
+                        overwrite=True)  # the ablation owns its run directories
     return str(out)
 
 

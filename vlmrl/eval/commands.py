@@ -48,7 +48,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         prompt = load_recipe(args.recipe).rl.prompt
     answer = model_answerer(args.checkpoint, gen, device=args.device, dtype=args.dtype, prompt=prompt)
-    report = evaluate(bench, answer, args.out, settings, checkpoint=args.checkpoint, stage=args.stage)
+    report = evaluate(bench, answer, args.out, settings, checkpoint=args.checkpoint, stage=args.stage,
+                      overwrite=args.overwrite)
     s = report["summary"]
     print((Path(args.out) / "report.md").read_text())
     print(json.dumps({"report": str(Path(args.out) / "report.json"), "accuracy": s["accuracy"]["mean"],
@@ -106,6 +107,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", required=True,
                    help="annotation file, frame-dataset dir, or a name (synthetic, mvbench, ...) under --data-root")
     p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report already at --out (nothing else is replaced)")
     p.add_argument("--data-root", default="artifacts/demo/raw", help="where named benchmarks' files live")
     p.add_argument("--media-root", default=None, help="media root (default: the file's directory)")
     p.add_argument("--cache-dir", default="artifacts/cache/benchmarks", help="frame-dataset cache")

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmrl.atomic import atomic_write_text
+from vlmrl.atomic import OutputKind, atomic_directory, check_output
 from vlmrl.data.extract import MANIFEST
 from vlmrl.hashing import relative_ref, sha256_file, sha256_tree
 
 REPORT = "report.json"
 FORMAT = "vlmrl.report/1"
+REPORT_DIR = OutputKind("benchmark report", REPORT, values=(("format", FORMAT),))
 
 
 def _pct(est: dict[str, Any] | None) -> str:
@@ -125,21 +126,29 @@ def _inputs(report: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"checkpoint": ckpt, "benchmark": bench}
 
 
+def check_report_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Fail before an evaluation unless its report may go to `out_dir` (see atomic.check_output):
+    a new or empty directory, or, with overwrite, a previous report."""
+    return check_output(out_dir, REPORT_DIR, overwrite=overwrite)
+
+
 def write_report(out_dir: str | os.PathLike[str], report: dict[str, Any],
-                 predictions: Sequence[dict[str, Any]]) -> Path:
-    """Write predictions.jsonl, report.md, accuracy.png, then report.json (last)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT).unlink(missing_ok=True)  # an old complete marker must not outlive a rewrite
-    atomic_write_text(out / "predictions.jsonl",
-                  "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    atomic_write_text(out / "report.md", markdown(report))
-    plot_report(report, out / "accuracy.png")
-    report = {**report, "format": FORMAT, **_inputs(report, out),
-              "files": {"predictions": "predictions.jsonl", "markdown": "report.md", "plot": "accuracy.png"},
-              # what the lineage audit re-hashes (report.json itself is the report's identity)
-              "file_sha256": sha256_tree(out, exclude=(REPORT,))}
-    atomic_write_text(out / REPORT, json.dumps(report, indent=1, default=float) + "\n")
+                 predictions: Sequence[dict[str, Any]], overwrite: bool = False) -> Path:
+    """Write predictions.jsonl, report.md, accuracy.png and report.json into a new report
+    directory, atomically; it replaces only a previous report, and only with overwrite."""
+    out = Path(out_dir).resolve()
+    with atomic_directory(out, overwrite=overwrite, kind=REPORT_DIR) as staging:
+        (staging / "predictions.jsonl").write_text(
+            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+        (staging / "report.md").write_text(markdown(report), encoding="utf-8")
+        plot_report(report, staging / "accuracy.png")
+        report = {**report, "format": FORMAT, **_inputs(report, out),
+                  "files": {"predictions": "predictions.jsonl", "markdown": "report.md",
+                            "plot": "accuracy.png"},
+                  # what the lineage audit re-hashes (report.json itself is the report's identity)
+                  "file_sha256": sha256_tree(staging, exclude=(REPORT,))}
+        (staging / REPORT).write_text(json.dumps(report, indent=1, default=float) + "\n",
+                                      encoding="utf-8")
     return out / REPORT
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from vlmrl.eval.benchmarks import LoadedBenchmark
 from vlmrl.eval.metrics import score_predictions, summarize, temporal_sensitivity
-from vlmrl.eval.report import write_report
+from vlmrl.eval.report import check_report_dir, write_report
 
 Answerer = Callable[[Sequence[dict[str, Any]], Sequence[Any]], list[str]]
 
@@ -134,9 +134,13 @@ def evaluate(
     checkpoint: str | os.PathLike[str] | None = None,
     stage: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Answer every benchmark question (and the shuffled control), score, write the report."""
+    """Answer every benchmark question (and the shuffled control), score, write the report
+    (a new directory; with overwrite, a previous report there is replaced)."""
     from vlmrl.lineage import LINEAGE, lineage_hash, read_manifest
+
+    check_report_dir(out_dir, overwrite)  # before the work, not after it
 
     settings = settings or EvalSettings()
     ds = benchmark.dataset
@@ -195,7 +199,7 @@ def evaluate(
     if settings.shuffled_control:
         report["temporal"] = {"summary": summarize(scored_shuffled, seed=seed),
                               "sensitivity": temporal_sensitivity(scored, scored_shuffled, seed=seed)}
-    write_report(out_dir, report, scored + scored_shuffled)
+    write_report(out_dir, report, scored + scored_shuffled, overwrite=overwrite)
     return report
 
 
@@ -209,7 +213,7 @@ def recipe_generation(recipe: Any) -> GenerationSettings:
 
 def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchmark: LoadedBenchmark,
                         out_dir: str | os.PathLike[str], stage: str | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint the way `recipe` says: its generation settings, its prompt (the
     one the checkpoint was trained with), its dtype and thread count; shuffled control on, and
     one sampled answer per question at the RL temperature next to the greedy one."""
@@ -220,4 +224,4 @@ def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchma
     settings = EvalSettings(generation=gen, sampled=stage != "base",
                             sampled_temperature=recipe.rl.temperature)
     return evaluate(benchmark, answer, out_dir, settings, checkpoint=checkpoint,
-                    stage=stage, progress=progress)
+                    stage=stage, progress=progress, overwrite=overwrite)

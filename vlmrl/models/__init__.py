@@ -17,7 +17,7 @@ from vlmrl.models.multimodal import (
     mm_token_types,
     split_visual_rows,
 )
-from vlmrl.models.saving import atomic_directory, save_model_dir
+from vlmrl.models.saving import save_model_dir
 from vlmrl.models.tiny import TinyModelSpec, build_tiny_model
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "EncodedChats",
     "LoadedModel",
     "TinyModelSpec",
-    "atomic_directory",
     "build_tiny_model",
     "chat_media",
     "check_checkpoint_dir",

@@ -208,20 +208,11 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
     # ------------------------------------------------------------------ set-up checks
 
     def _check_group_layout(self) -> None:
-        group_level = (
-            self.rl.temporal_enabled or self.rl.augment.enabled or self.rl.uses_groups_in_loss
-        )
-        local_rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
-        if group_level and local_rows % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size * steps_per_generation ({local_rows}) must be a multiple of "
-                f"num_generations ({self.num_generations}) so that each prompt group stays on one device"
-            )
-        if self.rl.uses_groups_in_loss and self.args.steps_per_generation != 1:
-            raise ValueError(
-                "Reg-GRPO and dynamic sampling need whole prompt groups in each loss call: set "
-                "steps_per_generation = 1 (TRL splits a shuffled generation batch otherwise)"
-            )
+        # the recipe checks the same rule at load time (recipes.Recipe._check_trainers)
+        problem = self.rl.group_layout_problem(self.args.per_device_train_batch_size,
+                                               self.args.steps_per_generation)
+        if problem:
+            raise ValueError(problem)
 
     def _reset_rollout_state(self) -> None:
         self._rollout_visual: list[dict[str, torch.Tensor]] = []

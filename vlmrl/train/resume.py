@@ -77,6 +77,10 @@ class RunClock(TrainerCallback, ExportableState):
     def seconds(self) -> float:
         return self.before + (0.0 if self._started is None else time.perf_counter() - self._started)
 
+    @seconds.setter
+    def seconds(self, value: float) -> None:  # restore_callback_states_from_checkpoint sets it
+        self.before, self._started = float(value), None
+
     def state(self) -> dict[str, Any]:
         return {"args": {}, "attributes": {"seconds": round(self.seconds, 4)}}
 

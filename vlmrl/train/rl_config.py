@@ -212,6 +212,28 @@ class RLConfig(RunSettings):
         """Features that need a whole prompt group in one loss call (steps_per_generation = 1)."""
         return self.algorithm == "reg_grpo" or self.dynamic_sampling
 
+    @property
+    def steps_per_generation(self) -> int:
+        """Optimizer steps per generation batch, as the TRL config will have it."""
+        if "steps_per_generation" in self.trainer_kwargs:
+            return int(self.trainer_kwargs["steps_per_generation"])
+        return 1 if self.uses_groups_in_loss else self.gradient_accumulation_steps
+
+    def group_layout_problem(self, per_device_batch: int, steps_per_generation: int) -> str | None:
+        """Why prompt groups would not stay whole on one device, or None. Only group-level
+        features (T-GRPO's shuffled rollouts, augmentation, Reg-GRPO, dynamic sampling)
+        need this; plain GRPO only needs TRL's own check of the global batch."""
+        group_level = self.temporal_enabled or self.augment.enabled or self.uses_groups_in_loss
+        local_rows = per_device_batch * steps_per_generation
+        if group_level and local_rows % self.num_generations:
+            return (f"per_device_train_batch_size * steps_per_generation ({local_rows}) must be a "
+                    f"multiple of num_generations ({self.num_generations}) so that each prompt "
+                    "group stays on one device")
+        if self.uses_groups_in_loss and steps_per_generation != 1:
+            return ("Reg-GRPO and dynamic sampling need whole prompt groups in each loss call: "
+                    "set steps_per_generation = 1 (TRL splits a shuffled generation batch otherwise)")
+        return None
+
     def to_trl(self, output_dir: str | os.PathLike) -> GRPOConfig:
         kwargs = dict(
             output_dir=str(output_dir),
