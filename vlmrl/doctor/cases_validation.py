@@ -301,6 +301,6 @@ CASES: list[Case] = [
          _from_dict_case({"sft": {"learning_rate": -1e-5}}, ("sft.learning_rate", "> 0"))),
     Case("recipe-from-dict-batch-not-multiple-of-g", "recipes",
          _from_dict_case({"rl": {"num_generations": 3}},
-                         ("rl.per_device_train_batch_size", "multiple of rl.num_generations"))),
+                         ("rl.per_device_train_batch_size", "multiple of num_generations"))),
     *(Case(name, "set", _set_case(item, names)) for name, item, names in BAD_SETS),
 ]
