@@ -201,17 +201,21 @@ def _fresh_leftovers(out: Path) -> list[str]:
     return _leftovers(out) + ([work_dir.name] if work_dir.exists() else [])
 
 
-def _extract_kill(seed: int) -> Callable[[Path], Result]:
+def _extract_kill(seed: int, at_write: bool = False) -> Callable[[Path], Result]:
     def case(work: Path) -> Result:
         stage = _stage(_root_of(work))
         data, reference = stage["dir"] / "data", stage["dir"] / "frames" / "rl"
         out = work / "frames"
         args = _cli("data", "extract", "--annotations", str(data / "rl.json"), "--media-root",
                     str(data), "--out", str(out), "--workers", "2", "--max-frames", "4")
-        first = random.Random(seed).uniform(0.1, 0.6) * stage["extract_rl_s"]
-        moments = [first, first / 2, first / 4]
-        killed, where = _kill_with_retries(args, out, work / "extract.log", [
-            ((lambda t, _out, at=at: t >= at), f"at {at:.1f}s") for at in moments])
+        rng = random.Random(seed)
+        if at_write:  # a random moment (up to 0.5 s) after the staging directory appears
+            attempts = [_after_staging(out, rng.uniform(0.0, 0.5) / 2**i) for i in range(3)]
+        else:
+            first = rng.uniform(0.1, 0.6) * stage["extract_rl_s"]
+            attempts = [((lambda t, _out, at=at: t >= at), f"at {at:.1f}s")
+                        for at in (first, first / 2, first / 4)]
+        killed, where = _kill_with_retries(args, out, work / "extract.log", attempts)
         if not killed.was_killed:
             return Result.handled(f"finished before every kill ({where} last): no kill")
         if out.exists() and (problem := _dataset_problem(out, reference)):
@@ -275,6 +279,17 @@ def _train_kill(kind: str, seed: int, at_write: bool = False) -> Callable[[Path]
     return case
 
 
+def _after_staging(out: Path, delay: float) -> tuple[Callable[[float, str], bool], str]:
+    """Kill ``delay`` seconds after ``out``'s staging directory has appeared."""
+    seen: list[float] = []
+
+    def when(t: float, _output: str) -> bool:
+        if not seen and any(out.parent.glob(f".{out.name}.staging-*")):
+            seen.append(t)
+        return bool(seen) and t >= seen[0] + delay
+    return when, f"{delay:.2f}s into writing the dataset"
+
+
 def _after_steps(steps: int, delay: float) -> tuple[Callable[[float, str], bool], str]:
     """Kill ``delay`` seconds after the trainer has logged ``steps`` steps."""
     seen: list[float] = []
@@ -287,11 +302,14 @@ def _after_steps(steps: int, delay: float) -> tuple[Callable[[float, str], bool]
 
 
 def kill_cases(extract: int = 3, sft: int = 2, rl: int = 2,
-               at_write: tuple[str, ...] = ("sft", "rl"), seed: int = 0) -> list[Case]:
-    """``extract`` / ``sft`` / ``rl`` kills at random moments, plus one kill of each training
-    stage in ``at_write`` while its final checkpoint is being written."""
+               at_write: tuple[str, ...] = ("extract", "sft", "rl"), seed: int = 0) -> list[Case]:
+    """``extract`` / ``sft`` / ``rl`` kills at random moments, plus one kill of each stage in
+    ``at_write`` while its output (the dataset, the final checkpoint) is being written."""
     cases = [Case(f"kill extract #{i}", "kills", _extract_kill(seed + i), slow=True)
              for i in range(extract)]
+    if "extract" in at_write:
+        cases.append(Case("kill extract while writing the dataset", "kills",
+                          _extract_kill(seed, at_write=True), slow=True))
     for kind, n in (("sft", sft), ("rl", rl)):
         cases += [Case(f"kill {kind} #{i}", "kills", _train_kill(kind, seed + 100 + i), slow=True)
                   for i in range(n)]
