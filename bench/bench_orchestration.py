@@ -31,12 +31,11 @@ def direct(recipe, root: Path) -> float:
     from vlmrl.data.synth import generate
     from vlmrl.eval import (
         EvalSettings,
-        GenerationSettings,
         evaluate,
         load_benchmark,
         model_answerer,
     )
-    from vlmrl.train.pipeline import build_base_model, train_rl, train_sft
+    from vlmrl.stages.training import build_base_model, train_rl, train_sft
 
     t0 = time.perf_counter()
     raw = root / "raw"
@@ -46,9 +45,7 @@ def direct(recipe, root: Path) -> float:
     base = build_base_model(recipe, root / "ckpt" / "base", [root / "frames" / "sft", root / "frames" / "rl"])
     sft = train_sft(recipe, base, root / "frames" / "sft", root / "ckpt" / "sft")
     rl = train_rl(recipe, sft, root / "frames" / "rl", root / "ckpt" / "rl")
-    e = recipe.eval
-    gen = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
-                             top_p=e.top_p, batch_size=e.batch_size, seed=recipe.seed)
+    gen = recipe.eval.generation(recipe.seed)
     recipe.model.apply_threads()
     bench = load_benchmark(root / "frames" / "bench", name="synthetic")
     for stage, ckpt in (("base", base), ("sft", sft), ("rl", rl)):

@@ -11,23 +11,22 @@ The k8s executor loads the cluster config when a run starts executing (not at im
 but a process without a cluster cannot run it, hence the choice by environment. Its
 settings come from ``VLMRL_K8S_*`` variables, read once when the definitions load (see
 ``k8s_executor_config``). GPU steps add ``gpu_tags()`` as op tags and ``pool=GPU_POOL``
-so the instance caps how many run at once (``concurrency: pools:`` in dagster.yaml).
+so the instance caps how many run at once (``concurrency: pools:`` in dagster.yaml); that
+pool is what makes an asset a GPU asset (``gpu_asset_names``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster import AssetsDefinition, ExecutorDefinition, in_process_executor, multiprocess_executor
 from dagster_k8s import k8s_job_executor
 
 EXECUTOR_ENV = "VLMRL_EXECUTOR"
 GPU_POOL = "gpu"
-# The assets that train or evaluate models; each gets `op_tags=gpu_tags(), pool=GPU_POOL`.
-GPU_ASSET_NAMES = ("sft_checkpoint", "rl_checkpoint", "benchmark_report")
 
 DAY_S = 24 * 3600
 # Step pods without a GPU tag (data preparation): modest requests, a memory limit only
@@ -86,6 +85,13 @@ def executor_from_env(env: Mapping[str, str] = os.environ) -> ExecutorDefinition
     if kind == "k8s":
         return k8s_job_executor.configured(k8s_executor_config(env))
     raise ValueError(f"{EXECUTOR_ENV}={kind!r}: expected in_process, multiprocess or k8s")
+
+
+def gpu_asset_names(assets: Iterable[Any]) -> tuple[str, ...]:
+    """The assets that train or evaluate models, in order: those declared in the GPU pool."""
+    return tuple(key.to_user_string() for a in assets
+                 if isinstance(a, AssetsDefinition) and a.is_executable and a.op.pool == GPU_POOL
+                 for key in a.keys)
 
 
 def _json_env(name: str, default: Any) -> Any:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, StaticPartitionsDefinition
 
 DEFAULT_RECIPE = "tiny-cpu"
 
@@ -63,3 +63,7 @@ class RecipeResource(ConfigurableResource):
         from vlmrl.recipes import load_recipe
 
         return load_recipe(self.recipe, json.loads(self.overrides) if self.overrides else None)
+
+    def benchmark_partitions(self) -> StaticPartitionsDefinition:
+        """One partition per benchmark the recipe evaluates on (the per-benchmark assets')."""
+        return StaticPartitionsDefinition(self.load().benchmark_names())

@@ -15,14 +15,10 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from orchestration.assets.data import BENCHMARKS
-from orchestration.definitions import defs
+from orchestration.definitions import BENCHMARKS, defs
+from vlmrl.eval.summary import format_stage_summary, percent
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def _pct(x: float | None) -> str:
-    return "  –  " if x is None else f"{100 * x:5.1f}"
 
 
 def main() -> int:
@@ -60,19 +56,13 @@ def main() -> int:
     out.write_text(json.dumps(summary, indent=1) + "\n")
 
     for bench, data in summary["benchmarks"].items():
-        print(f"\n{bench}: (MC chance {_pct(data['chance'])} %)")
-        print("  stage  MC acc [95% CI]          sampled  format  temporal sens.")
-        for stage, f in data["stages"].items():
-            lo, hi = f["mc_accuracy_ci"]
-            print(f"  {stage:<5} {_pct(f['mc_accuracy'])} [{_pct(lo)}, {_pct(hi)}]   "
-                  f"{_pct(f.get('mc_accuracy_sampled'))}   {_pct(f['format_compliance'])}   "
-                  f"{_pct(f['temporal_sensitivity'])}")
+        print("\n" + format_stage_summary(bench, data))
         print(f"  reports: {Path(artifacts.root) / 'reports' / bench}")
     if h := summary.get("rl_headroom"):
         k = h["k"]
         print(f"\nRL headroom (SFT, RL split, {h['n']} MC questions, T={h.get('temperature')}): "
-              f"pass@1 {_pct(h.get('pass@1'))}, pass@{k} {_pct(h.get(f'pass@{k}'))}, "
-              f"groups with signal {_pct(h.get('mixed_groups'))}")
+              f"pass@1 {percent(h.get('pass@1'))}, pass@{k} {percent(h.get(f'pass@{k}'))}, "
+              f"groups with signal {percent(h.get('mixed_groups'))}")
     print(f"\n{'OK' if ok else 'FAILED'} in {wall:.0f} s. summary: {out}")
     print(f"MLflow: {tracker.uri} (UI: make ui -> {tracker.ui_url}); Dagster UI: make ui -> http://127.0.0.1:3000")
     return 0 if ok else 1

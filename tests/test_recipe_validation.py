@@ -210,12 +210,12 @@ def test_bad_set_values_exit_2_with_one_line(item, message, tmp_path, capsys):
 
 
 def test_set_reaches_free_form_mappings():
-    from vlmrl.train.commands import _assignments
+    from vlmrl.cli.options import assignments
 
-    assert _assignments(["rl.trainer_kwargs.use_cpu=true", "data.benchmarks.x.annotations=a.json"],
+    assert assignments(["rl.trainer_kwargs.use_cpu=true", "data.benchmarks.x.annotations=a.json"],
                         "--set") == {"rl": {"trainer_kwargs": {"use_cpu": True}},
                                      "data": {"benchmarks": {"x": {"annotations": "a.json"}}}}
-    assert _assignments(["run=a=b"], "--tracking") == {"run": "a=b"}  # not a recipe key
+    assert assignments(["run=a=b"], "--tracking") == {"run": "a=b"}  # not a recipe key
 
 
 def test_a_recipe_file_nested_too_deeply_is_invalid_yaml_not_a_traceback(tmp_path):

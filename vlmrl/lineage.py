@@ -59,19 +59,19 @@ def code_version() -> dict[str, Any]:
 
 def dataset_entry(path: str | os.PathLike[str], role: str) -> dict[str, Any]:
     """What a checkpoint records about one frame dataset it consumed."""
-    from vlmrl.data.extract import MANIFEST, load_frame_dataset
+    from vlmrl.data.extract import MANIFEST, read_frame_manifest
 
     path = Path(path).resolve()
-    _, manifest = load_frame_dataset(path, open_dataset=False)
+    manifest = read_frame_manifest(path)
     return {
         "role": role,
         "path": str(path),
-        "fingerprint": manifest["fingerprint"],
+        "fingerprint": manifest.fingerprint,
         "manifest_sha256": sha256_file(path / MANIFEST),
-        "annotations": manifest["annotations"],
-        "media_root": manifest["media_root"],
-        "media_files": len(manifest.get("media", {})),
-        "kept": manifest["counts"]["kept"],
+        "annotations": manifest.annotations,
+        "media_root": manifest.media_root,
+        "media_files": len(manifest.media),
+        "kept": manifest.counts.kept,
     }
 
 
@@ -261,7 +261,7 @@ def verify_dataset(entry: dict[str, Any], check_media: bool = True, *, base: Pat
 
     ``entry`` is what a checkpoint (or report) in ``base`` records about the dataset.
     """
-    from vlmrl.data.extract import MANIFEST, verify_frame_dataset
+    from vlmrl.data.extract import MANIFEST, read_frame_manifest, verify_frame_dataset
 
     scope = scope or Scope()
     path, problems = _locate_output(scope, base, entry, f"{entry.get('role', 'frame')} dataset")
@@ -273,8 +273,8 @@ def verify_dataset(entry: dict[str, Any], check_media: bool = True, *, base: Pat
         problems.append(f"{path / MANIFEST}: manifest changed since it was recorded by {base}")
     try:
         problems += verify_frame_dataset(path)
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        ann = manifest["annotations"]
+        manifest = read_frame_manifest(path)
+        ann = manifest.annotations
     except (ValueError, KeyError, TypeError) as exc:  # unreadable manifest: name it, audit the rest
         return [*problems, f"{path / MANIFEST}: unreadable ({type(exc).__name__}: {exc})"]
     problems += _escaping_links(path, scope)
@@ -284,11 +284,11 @@ def verify_dataset(entry: dict[str, Any], check_media: bool = True, *, base: Pat
         problems.append(f"{ann_path}: annotation file missing")
     elif ann_path is not None and sha256_file(ann_path) != ann.get("sha256"):
         problems.append(f"{ann_path}: annotation file changed since the dataset was built")
-    if check_media and manifest.get("media"):
-        root, located = _locate_input(scope, path, manifest.get("media_root_ref"), manifest.get("media_root"),
+    if check_media and manifest.media:
+        root, located = _locate_input(scope, path, manifest.media_root_ref, manifest.get("media_root"),
                                       "media root")
         problems += located
-        for rel, digest in (manifest["media"] if root is not None else {}).items():
+        for rel, digest in (manifest.media if root is not None else {}).items():
             media = _join(root, rel)
             if not media.is_relative_to(_join(root, ".")):
                 problems.append(f"{path / MANIFEST}: media path {rel!r} leaves the media root {root}: refused")
@@ -348,16 +348,16 @@ def _audit_report(path: Path, scope: Scope, check_media: bool, anchor: Anchor | 
     except (FileNotFoundError, ValueError) as exc:
         node.problems.append(str(exc))
         return [node]
-    bench, ckpt = report.get("benchmark", {}), report.get("checkpoint", {})
-    node.manifest = {"kind": "report", "benchmark": bench.get("name"), "created_at": report.get("created_at"),
+    bench, ckpt = report.benchmark, report.checkpoint
+    node.manifest = {"kind": "report", "benchmark": bench.get("name"), "created_at": report.created_at,
                      "checkpoint": ckpt, "report_sha256": sha256_file(path / REPORT)}
     if anchor is not None and node.manifest["report_sha256"] != anchor.sha256:
         node.problems.append(_head_mismatch(path / REPORT, node.manifest["report_sha256"], anchor))
-    if "file_sha256" not in report:
+    if report.file_sha256 is None:
         node.problems.append(f"{path / REPORT}: records no file hashes (written before reports were audited): "
                              f"re-evaluate to make it verifiable")
     else:
-        node.problems += _verify_files(path, report["file_sha256"], (REPORT,), "report")
+        node.problems += _verify_files(path, report.file_sha256, (REPORT,), "report")
     node.problems += _escaping_links(path, scope)
     if "dataset_manifest_sha256" in bench:
         node.problems += verify_dataset({"role": "benchmark", "ref": bench.get("dataset_ref"),

@@ -39,14 +39,12 @@ import yaml
 
 from vlmrl.data.frames import FrameOptions
 from vlmrl.data.synth import SynthSizes
+from vlmrl.eval.runner import DecodingSettings
 from vlmrl.hashing import sha256_json
 from vlmrl.models.tiny import TinyModelSpec
 from vlmrl.train.config_io import (
-    RESERVED_SFT_KWARGS,
-    RESERVED_TRAINER_KWARGS,
     ConfigError,
     Rule,
-    RunSettings,
     at_least,
     between,
     check_trainer_kwargs,
@@ -62,6 +60,7 @@ from vlmrl.train.rl_config import (
     TemporalConfig,
 )
 from vlmrl.train.sft import SFTPhase, SFTTrainConfig
+from vlmrl.train.training_args import RESERVED_SFT_KWARGS, RunSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SYNTHETIC_BENCHMARK = "synthetic"  # the synthetic data's held-out "bench" split
@@ -132,15 +131,18 @@ class ModelSettings:
 
 
 @dataclass
-class EvalSettings:
-    """Evaluation: which benchmarks, and generation settings (defaults: Video-R1's evaluation)."""
+class EvalSettings(DecodingSettings):
+    """Evaluation: which benchmarks, and how answers are decoded (`DecodingSettings`' fields;
+    `generation(recipe.seed)` gives the runner's settings).
+
+    A recipe's defaults are Video-R1's evaluation: sampling at temperature 0.1, top_p 0.001
+    (greedy in practice), up to 1024 new tokens; the library's own default is greedy.
+    """
 
     benchmarks: list[str] = field(default_factory=lambda: [SYNTHETIC_BENCHMARK])
-    max_new_tokens: int = 1024
+    do_sample: bool = True
     temperature: float = 0.1
     top_p: float = 0.001
-    do_sample: bool = True
-    batch_size: int = 8
     # RL headroom diagnostic: the SFT model's sampled pass@1 / pass@k on the first
     # `headroom_questions` multiple-choice questions of the RL split (0: off).
     headroom_k: int = 8
@@ -249,11 +251,8 @@ class Recipe:
         if rl.length_bonus.l_max < rl.length_bonus.l_min:
             raise ConfigError("rl.length_bonus.l_max", f"must be >= l_min "
                               f"({rl.length_bonus.l_min}), got {rl.length_bonus.l_max}")
-        reserved = dict(RESERVED_TRAINER_KWARGS)
-        if rl.uses_groups_in_loss:
-            reserved["steps_per_generation"] = ("1 for reg_grpo and dynamic_sampling (a loss "
-                                                "call needs whole prompt groups)")
-        check_trainer_kwargs(rl.trainer_kwargs, GRPOConfig, RLConfig, "rl.trainer_kwargs", reserved)
+        check_trainer_kwargs(rl.trainer_kwargs, GRPOConfig, RLConfig, "rl.trainer_kwargs",
+                             rl.reserved_trainer_kwargs())
         # the trainer's own rule (RLConfig.group_layout_problem), here at load time
         if problem := rl.group_layout_problem(rl.per_device_train_batch_size, rl.steps_per_generation):
             raise ConfigError("rl.per_device_train_batch_size", problem)
@@ -298,7 +297,7 @@ PROBABILITY = between(0, 1, open_low=True)  # top_p: 0 would keep no token
 SEED = between(0, 2**32 - 1)  # what numpy's and torch's seeding accept
 # -1 lets the epochs decide; 0 or another negative count is a typo, not a setting.
 STEPS = Rule("-1 (the epochs decide) or >= 1", lambda v: v == -1 or v >= 1)
-# The optimisation settings both trainers share (config_io.SHARED_TRAINING_ARGS).
+# The optimisation settings both trainers share (training_args.TrainingSettings).
 _OPTIMISATION = {
     "learning_rate": POSITIVE, "num_train_epochs": POSITIVE, "max_steps": STEPS,
     "per_device_train_batch_size": at_least(1), "gradient_accumulation_steps": at_least(1),

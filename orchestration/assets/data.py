@@ -3,32 +3,35 @@
 
 Thin wrappers: each calls one vlmrl function and reports its manifest as metadata, with
 the content fingerprint as the Dagster data version. The recipe says what the data is
-(the synthetic demo, or annotation files) and how frames are sampled.
+(the synthetic demo, or annotation files) and how frames are sampled. Nothing here reads
+the recipe at import: its benchmarks, the partitions, are given to ``benchmark_frames_asset``
+when the definitions are built.
 """
 
+from functools import partial
 from typing import Any
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetsDefinition,
     Config,
     MetadataValue,
-    StaticPartitionsDefinition,
+    PartitionsDefinition,
     asset,
-    asset_check,
 )
 
 from orchestration.assets.common import log_metrics, result
-from orchestration.resources import ArtifactStore, RecipeResource, default_recipe
+from orchestration.checks import artifact_check
+from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
-from vlmrl.data.extract import ExtractResult, extract_dataset, load_frame_dataset
+from vlmrl.data.extract import ExtractResult, extract_dataset, read_frame_manifest
 from vlmrl.data.synth import generate
 from vlmrl.hashing import sha256_file, sha256_json, sha256_tree
-from vlmrl.recipes import SYNTHETIC_BENCHMARK, load_recipe
+from vlmrl.recipes import SYNTHETIC_BENCHMARK
 
-# Partitions come from the recipe the definitions are loaded with (VLMRL_RECIPE).
-BENCHMARKS = StaticPartitionsDefinition(load_recipe(default_recipe()).benchmark_names())
 MAX_REJECT_RATE = 0.05
 
 
@@ -84,21 +87,21 @@ def _extract(context: AssetExecutionContext, name: str, split: str, recipe: Reci
 
 def _metadata(res: ExtractResult) -> dict[str, Any]:
     m = res.manifest
-    c = m["counts"]
+    c = m.counts
     meta: dict[str, Any] = {
-        "fingerprint": m["fingerprint"],
-        "kept": c["kept"],
-        "rejected": c["rejected"],
-        "frames": c["frames"],
-        "reject_rate": c["rejected"] / max(1, c["rows"]),
-        "frames_per_second": m["frames_per_second"],
-        "annotations_sha256": m["annotations"]["sha256"],
+        "fingerprint": m.fingerprint,
+        "kept": c.kept,
+        "rejected": c.rejected,
+        "frames": c.frames,
+        "reject_rate": m.reject_rate,
+        "frames_per_second": m.frames_per_second,
+        "annotations_sha256": m.annotations["sha256"],
     }
-    if m["rejected"]:
+    if m.rejected:
         meta["rejected_rows"] = MetadataValue.md("\n".join(
             ["| row | problem_id | field | reason |", "|---|---|---|---|"]
             + [f"| {r['row']} | {r.get('problem_id')} | {r['field']} | {r['reason'][:120]} |"
-               for r in m["rejected"][:50]]))
+               for r in m.rejected[:50]]))
     return meta
 
 
@@ -116,8 +119,6 @@ def rl_frames(context: AssetExecutionContext, config: ExtractConfig, recipe: Rec
     return _extract(context, "rl", "rl", recipe, artifacts, tracker, config, train=True)
 
 
-@asset(group_name="data", deps=[raw_data], code_version="frames-1", partitions_def=BENCHMARKS,
-       kinds={"python"})
 def benchmark_frames(context: AssetExecutionContext, config: ExtractConfig, recipe: RecipeResource,
                      artifacts: ArtifactStore, tracker: MlflowTracker):
     """One frame dataset per benchmark, with the recipe's evaluation frame settings."""
@@ -125,26 +126,24 @@ def benchmark_frames(context: AssetExecutionContext, config: ExtractConfig, reci
     return _extract(context, f"bench-{bench}", bench, recipe, artifacts, tracker, config, train=False)
 
 
-def _usable(artifacts: ArtifactStore, name: str) -> AssetCheckResult:
-    _, manifest = load_frame_dataset(artifacts.frames(name), open_dataset=False)
-    c = manifest["counts"]
-    rate = c["rejected"] / max(1, c["rows"])
+def benchmark_frames_asset(benchmarks: PartitionsDefinition) -> AssetsDefinition:
+    """``benchmark_frames`` partitioned by the recipe's benchmarks (see ``build_definitions``)."""
+    return asset(group_name="data", deps=[raw_data], code_version="frames-1", partitions_def=benchmarks,
+                 kinds={"python"})(benchmark_frames)
+
+
+def _usable(context: AssetCheckExecutionContext, artifacts: ArtifactStore, name: str) -> AssetCheckResult:
+    manifest = read_frame_manifest(artifacts.frames(name))
+    kept, rate = manifest.counts.kept, manifest.reject_rate
     return AssetCheckResult(
-        passed=c["kept"] > 0 and rate <= MAX_REJECT_RATE,
+        passed=kept > 0 and rate <= MAX_REJECT_RATE,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"kept": c["kept"], "reject_rate": rate, "max_reject_rate": MAX_REJECT_RATE},
+        metadata={"kept": kept, "reject_rate": rate, "max_reject_rate": MAX_REJECT_RATE},
     )
 
 
-@asset_check(asset=sft_frames, blocking=True, description="non-empty, reject rate under the threshold")
-def sft_frames_usable(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _usable(artifacts, "sft")
-
-
-@asset_check(asset=rl_frames, blocking=True, description="non-empty, reject rate under the threshold")
-def rl_frames_usable(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _usable(artifacts, "rl")
-
-
-DATA_ASSETS = [raw_data, sft_frames, rl_frames, benchmark_frames]
-DATA_CHECKS = [sft_frames_usable, rl_frames_usable]
+# Unpartitioned; benchmark_frames_asset(partitions) completes the group.
+DATA_ASSETS = [raw_data, sft_frames, rl_frames]
+DATA_CHECKS = [artifact_check(f"{name}_frames", "usable", partial(_usable, name=name), blocking=True,
+                              description="non-empty, reject rate under the threshold")
+               for name in ("sft", "rl")]

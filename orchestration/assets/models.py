@@ -1,34 +1,40 @@
 # No `from __future__ import annotations` here: Dagster reads annotations at runtime.
 """Model assets: the base model, the SFT checkpoint and the RL checkpoint.
 
-Each is one call into vlmrl.train.pipeline inside one MLflow run (the trainer's metrics
+Each is one call into vlmrl.stages.training inside one MLflow run (the trainer's metrics
 arrive through transformers' MLflow callback). The checkpoint's lineage.json records the
 MLflow and Dagster run ids; its hash is the data version; the checkpoint is also an
 MLflow logged model linked to its input datasets and parent model.
 """
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from orchestration.assets.common import log_metrics, result
 from orchestration.assets.data import rl_frames, sft_frames
+from orchestration.checks import artifact_check
 from orchestration.executors import GPU_POOL, gpu_tags
 from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
 from vlmrl.lineage import audit, lineage_hash, read_manifest
 
 TRAINING_CODE_VERSION = "train-1"
+# Per stage, its checkpoint's asset (reports evaluate them); a trained stage starts from its parent.
+CHECKPOINTS = {"base": "base_model", "sft": "sft_checkpoint", "rl": "rl_checkpoint"}
+PARENTS = {"sft": "base", "rl": "sft"}
 
 
 def _tracking(context: AssetExecutionContext, run: Any) -> dict[str, Any]:
@@ -86,12 +92,59 @@ def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore,
     return result(context, artifacts, path, lineage_hash(path), meta, run)
 
 
+def _train_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResource,
+                 artifacts: ArtifactStore, tracker: MlflowTracker,
+                 before: Callable[[Any, ArtifactStore], dict[str, Any]] | None = None,
+                 after: Callable[[Path, ArtifactStore], dict[str, Any]] | None = None):
+    """The body of both trained checkpoints: train ``stage`` from its parent on its frames in
+    one MLflow run, log the checkpoint, return its result; ``before`` / ``after`` add
+    diagnostics (metadata) around the training, inside the same run."""
+    from vlmrl.stages.training import train_rl, train_sft
+
+    train = {"sft": train_sft, "rl": train_rl}[stage]
+    parent = PARENTS[stage]
+    r = _with_mlflow(recipe.load())
+    with tracker.start_run(context, params=r.to_dict()) as run:
+        extra = before(r, artifacts) if before else {}
+        path = train(r, artifacts.checkpoint(parent), artifacts.frames(stage), artifacts.checkpoint(stage),
+                     tracking=_tracking(context, run),
+                     overwrite=True)  # a rematerialization replaces its own checkpoint
+        if after:
+            extra.update(after(path, artifacts))
+        return _checkpoint_result(context, artifacts, tracker, run, path, CHECKPOINTS[stage],
+                                  CHECKPOINTS[parent], extra)
+
+
+def _rl_headroom(recipe: Any, artifacts: ArtifactStore) -> dict[str, Any]:
+    """What RL can learn from: the SFT model's sampled pass@1 vs pass@k on the RL split."""
+    from vlmrl.stages.headroom import rl_headroom
+
+    headroom = rl_headroom(recipe, artifacts.checkpoint("sft"), artifacts.frames("rl"),
+                           _rl_training(artifacts))
+    log_metrics({f"sft_rl_split_{k.replace('@', '_at_')}": v for k, v in headroom.items()
+                 if isinstance(v, float)})
+    return {"sft_pass@1_rl_split": headroom["pass@1"],
+            f"sft_pass@{headroom['k']}_rl_split": headroom[f"pass@{headroom['k']}"]}
+
+
+def _training_curves(path: Path, artifacts: ArtifactStore) -> dict[str, Any]:
+    """RL's reward per function and family, no-signal groups and p / p~, plotted."""
+    from vlmrl.train.diagnostics import write_training_curves
+
+    plot = write_training_curves(path, _rl_training(artifacts))
+    return {"training_curves": MetadataValue.path(str(plot))}
+
+
+def _rl_training(artifacts: ArtifactStore) -> Path:
+    return artifacts.path("reports", "rl_training")
+
+
 @asset(group_name="models", deps=[sft_frames, rl_frames], code_version=TRAINING_CODE_VERSION,
        kinds={"pytorch"})
 def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
                tracker: MlflowTracker):
     """The starting checkpoint: the tiny demo model built here, or a local model linked in."""
-    from vlmrl.train.pipeline import build_base_model
+    from vlmrl.stages.training import build_base_model
 
     r = recipe.load()
     with tracker.start_run(context, params=r.to_dict()) as run:
@@ -105,43 +158,20 @@ def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts
 def sft_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
                    tracker: MlflowTracker):
     """Supervised fine-tuning on the chain-of-thought split (prompt tokens masked)."""
-    from vlmrl.train.pipeline import train_sft
-
-    r = _with_mlflow(recipe.load())
-    with tracker.start_run(context, params=r.to_dict()) as run:
-        path = train_sft(r, artifacts.checkpoint("base"), artifacts.frames("sft"),
-                         artifacts.checkpoint("sft"), tracking=_tracking(context, run),
-                         overwrite=True)  # a rematerialization replaces its own checkpoint
-        return _checkpoint_result(context, artifacts, tracker, run, path, "sft_checkpoint", "base_model")
+    return _train_stage(context, "sft", recipe, artifacts, tracker)
 
 
 @asset(group_name="models", deps=[sft_checkpoint, rl_frames], code_version=TRAINING_CODE_VERSION,
        op_tags=gpu_tags(), pool=GPU_POOL, kinds={"pytorch"})
 def rl_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
                   tracker: MlflowTracker):
-    """GRPO-family RL (T-GRPO by default) from the SFT checkpoint."""
-    from vlmrl.train.diagnostics import rl_headroom, write_training_curves
-    from vlmrl.train.pipeline import train_rl
-
-    r = _with_mlflow(recipe.load())
-    out = artifacts.path("reports", "rl_training")
-    with tracker.start_run(context, params=r.to_dict()) as run:
-        # what RL can learn from: the SFT model's sampled pass@1 vs pass@k on the RL split
-        headroom = rl_headroom(r, artifacts.checkpoint("sft"), artifacts.frames("rl"), out)
-        log_metrics({f"sft_rl_split_{k.replace('@', '_at_')}": v for k, v in headroom.items()
-                     if isinstance(v, float)})
-        path = train_rl(r, artifacts.checkpoint("sft"), artifacts.frames("rl"),
-                        artifacts.checkpoint("rl"), tracking=_tracking(context, run),
-                        overwrite=True)
-        plot = write_training_curves(path, out)
-        extra = {"sft_pass@1_rl_split": headroom["pass@1"],
-                 f"sft_pass@{headroom['k']}_rl_split": headroom[f"pass@{headroom['k']}"],
-                 "training_curves": MetadataValue.path(str(plot))}
-        return _checkpoint_result(context, artifacts, tracker, run, path, "rl_checkpoint",
-                                  "sft_checkpoint", extra)
+    """GRPO-family RL (T-GRPO by default) from the SFT checkpoint, with the SFT model's
+    headroom on the RL split before it and the training curves after it."""
+    return _train_stage(context, "rl", recipe, artifacts, tracker, before=_rl_headroom,
+                        after=_training_curves)
 
 
-def _verify(artifacts: ArtifactStore, stage: str) -> AssetCheckResult:
+def _verify(context: AssetCheckExecutionContext, artifacts: ArtifactStore, stage: str) -> AssetCheckResult:
     """Loads (config + safetensors headers, no weights) and the lineage audit passes (no media)."""
     from safetensors import safe_open
     from transformers import AutoConfig
@@ -170,20 +200,7 @@ def _verify(artifacts: ArtifactStore, stage: str) -> AssetCheckResult:
                                       "chain": " <- ".join(n.manifest.get("kind", "?") for n in report.chain)})
 
 
-@asset_check(asset=base_model, blocking=True, description="loads; lineage manifest verifies")
-def base_model_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _verify(artifacts, "base")
-
-
-@asset_check(asset=sft_checkpoint, blocking=True, description="loads; lineage manifest verifies")
-def sft_checkpoint_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _verify(artifacts, "sft")
-
-
-@asset_check(asset=rl_checkpoint, blocking=True, description="loads; lineage manifest verifies")
-def rl_checkpoint_verifies(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _verify(artifacts, "rl")
-
-
 MODEL_ASSETS = [base_model, sft_checkpoint, rl_checkpoint]
-MODEL_CHECKS = [base_model_verifies, sft_checkpoint_verifies, rl_checkpoint_verifies]
+MODEL_CHECKS = [artifact_check(key, "verifies", partial(_verify, stage=stage), blocking=True,
+                               description="loads; lineage manifest verifies")
+                for stage, key in CHECKPOINTS.items()]

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
-from orchestration.definitions import defs
+from orchestration.definitions import GPU_ASSET_NAMES, defs
 
 EDGES = {
     "raw_data": set(),
@@ -47,6 +47,7 @@ def test_asset_graph_pinned():
 
 
 def test_gpu_tags_pools_and_automation():
+    assert set(GPU_ASSET_NAMES) == GPU  # derived from the assets' own pool, not a hand list
     graph = defs.resolve_asset_graph()
     for name in EDGES:
         node = graph.get(AssetKey(name))

@@ -24,9 +24,9 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_k8s_job_name, get_user_defined_k8s_config
 
 import orchestration.definitions
+from orchestration.definitions import GPU_ASSET_NAMES
 from orchestration.executors import (
     CPU_STEP_RESOURCES,
-    GPU_ASSET_NAMES,
     GPU_POOL,
     executor_from_env,
     gpu_tags,

@@ -128,7 +128,7 @@ def stage_frames(synth_dir, short_recipe, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stage_base(short_recipe, stage_frames, tmp_path_factory):
-    from vlmrl.train.pipeline import build_base_model
+    from vlmrl.stages.training import build_base_model
 
     out = tmp_path_factory.mktemp("stage_base") / "base"
     return build_base_model(short_recipe, out, [stage_frames["sft"], stage_frames["rl"]])
@@ -136,7 +136,7 @@ def stage_base(short_recipe, stage_frames, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stage_sft(short_recipe, stage_base, stage_frames, tmp_path_factory):
-    from vlmrl.train.pipeline import train_sft
+    from vlmrl.stages.training import train_sft
 
     out = tmp_path_factory.mktemp("stage_sft") / "sft"
     return train_sft(short_recipe, stage_base, stage_frames["sft"], out)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from vlmrl.eval.ablation import AblationPlan, run_ablation, summarize_ablation, write_ablation
 from vlmrl.lineage import read_manifest
 from vlmrl.recipes import load_recipe
+from vlmrl.stages.ablation import AblationPlan, run_ablation, summarize_ablation, write_ablation
 
 # (ordered, shuffled) scores per question: q1, q2 multiple choice (motion), q3 count
 FAKE = {

@@ -1,8 +1,9 @@
 """The direction of the demo's effect that is reliable at test scale: SFT on the CoT split
 teaches the answer format the untrained base model never produces (issue 7)."""
 
-from vlmrl.eval import evaluate_checkpoint, load_benchmark
-from vlmrl.train.pipeline import train_sft
+from vlmrl.eval import load_benchmark
+from vlmrl.stages.evaluation import evaluate_checkpoint
+from vlmrl.stages.training import train_sft
 
 
 def test_sft_beats_base_on_format_compliance(short_recipe, stage_base, stage_frames, tmp_path):

@@ -12,15 +12,15 @@ from vlmrl.lineage import audit, read_manifest
 from vlmrl.models import load_model
 from vlmrl.rewards import REWARDS
 from vlmrl.rewards.answers import completion_text
-from vlmrl.train.pipeline import (
+from vlmrl.stages.training import (
     RUN_FILE,
-    TRAIN_LOG,
     build_base_model,
     last_checkpoint,
     train_rl,
     train_sft,
     work_dir_for,
 )
+from vlmrl.train.diagnostics import TRAIN_LOG
 
 
 class Interrupted(RuntimeError):

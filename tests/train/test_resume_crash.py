@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 from vlmrl.lineage import read_manifest
 from vlmrl.models import load_model
-from vlmrl.train.pipeline import TRAIN_LOG, train_rl, train_sft, work_dir_for
+from vlmrl.stages.training import train_rl, train_sft, work_dir_for
+from vlmrl.train.diagnostics import TRAIN_LOG
 from vlmrl.train.resume import checkpoint_state, run_loss
 
 

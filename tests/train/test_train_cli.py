@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vlmrl.cli import main
 from vlmrl.lineage import audit, read_manifest
-from vlmrl.train.pipeline import work_dir_for
+from vlmrl.stages.training import work_dir_for
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["--set", "frames.train.max_frames=4", "--set", "sft.per_device_train_batch_size=4",

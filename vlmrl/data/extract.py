@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,24 +74,112 @@ def dataset_features():
     )
 
 
-@dataclass
-class ExtractResult:
-    """Where the dataset is and what went into it (the manifest, as a dict)."""
+@dataclass(frozen=True)
+class Counts:
+    """A build's row, media and frame counts."""
 
-    path: Path
-    manifest: dict[str, Any]
+    rows: int  # annotation rows read, valid or not
+    kept: int
+    rejected: int
+    media_files: int  # distinct media files decoded
+    frames: int
+
+
+class FrameManifest(Mapping[str, Any]):
+    """Typed view of a frame dataset's manifest.json. The mapping is the JSON exactly as
+    written (the audit hashes the file); the properties name what readers use."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrameManifest(fingerprint={self.fingerprint[:16]!r}, kept={self.counts.kept})"
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        """Content hash of the build's inputs (annotation rows, media bytes, options)."""
+        return self._data["fingerprint"]
+
+    @property
+    def counts(self) -> Counts:
+        c = self._data["counts"]
+        return Counts(rows=c["rows"], kept=c["kept"], rejected=c["rejected"],
+                      media_files=c["media_files"], frames=c["frames"])
+
+    @property
+    def reject_rate(self) -> float:
+        """Rejected share of the annotation rows (0 for an empty file)."""
+        return self.counts.rejected / max(1, self.counts.rows)
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        """Every rejected row: row, problem_id, field, reason."""
+        return self._data.get("rejected", [])
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The frame options (`FrameOptions.to_dict`)."""
+        return self._data.get("options", {})
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        """The annotation file: file (absolute path), ref (relative to the dataset), sha256."""
+        return self._data["annotations"]
+
+    @property
+    def media_root(self) -> str:
+        return self._data["media_root"]
+
+    @property
+    def media_root_ref(self) -> str | None:
+        return self._data.get("media_root_ref")
+
+    @property
+    def media(self) -> dict[str, str]:
+        """sha256 of each media file, by path relative to the media root."""
+        return self._data.get("media", {})
+
+    @property
+    def decoders(self) -> dict[str, int]:
+        return self._data.get("decoders", {})
+
+    @property
+    def files(self) -> dict[str, str]:
+        """sha256 of each written dataset file (what `verify_frame_dataset` re-hashes)."""
+        return self._data.get("files", {})
+
+    @property
+    def frames_per_second(self) -> float | None:
+        return self._data.get("frames_per_second")
+
+
+@dataclass
+class ExtractResult:
+    """Where the dataset is and what went into it."""
+
+    path: Path
+    manifest: FrameManifest
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
 
     @property
     def kept(self) -> int:
-        return self.manifest["counts"]["kept"]
+        return self.manifest.counts.kept
 
     @property
     def rejected(self) -> int:
-        return self.manifest["counts"]["rejected"]
+        return self.manifest.counts.rejected
 
 
 @dataclass
@@ -227,7 +315,7 @@ def extract_dataset(
             "frames_per_second": round(n_frames / elapsed, 1) if elapsed > 0 else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return ExtractResult(path=out, manifest=manifest)
+    return ExtractResult(path=out, manifest=FrameManifest(manifest))
 
 
 def fingerprint(
@@ -252,30 +340,37 @@ def fingerprint(
 def verify_frame_dataset(path: str | os.PathLike[str]) -> list[str]:
     """Re-hash a frame dataset's files against its manifest; returns the problems found."""
     path = Path(path)
-    _, manifest = load_frame_dataset(path, open_dataset=False)
+    manifest = read_frame_manifest(path)
     problems = []
     current = sha256_tree(path, exclude=(MANIFEST,))
-    for rel, digest in manifest.get("files", {}).items():
+    for rel, digest in manifest.files.items():
         if rel not in current:
             problems.append(f"{path / rel}: missing")
         elif current[rel] != digest:
             problems.append(f"{path / rel}: content changed since the dataset was built")
-    for rel in sorted(set(current) - set(manifest.get("files", {}))):
+    for rel in sorted(set(current) - set(manifest.files)):
         problems.append(f"{path / rel}: not part of the dataset as built")
     return problems
 
 
-def load_frame_dataset(path: str | os.PathLike[str], open_dataset: bool = True):
-    """Open a frame dataset built by `extract_dataset`; returns (dataset, manifest)."""
-    from datasets import load_from_disk
-
+def read_frame_manifest(path: str | os.PathLike[str]) -> FrameManifest:
+    """The manifest of a frame dataset directory, checked complete and of a known format."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a complete frame dataset (no {MANIFEST})")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: unknown format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{manifest_path}: unknown format {found!r}")
+    return FrameManifest(manifest)
+
+
+def load_frame_dataset(path: str | os.PathLike[str], open_dataset: bool = True) -> tuple[Any, FrameManifest]:
+    """Open a frame dataset built by `extract_dataset`; returns (dataset, manifest)."""
+    from datasets import load_from_disk
+
+    manifest = read_frame_manifest(path)
     return (load_from_disk(str(path)) if open_dataset else None), manifest
 
 

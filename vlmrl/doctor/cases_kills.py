@@ -195,7 +195,7 @@ def _kill_with_retries(args: list[str], out: Path, log: Path,
 
 def _fresh_leftovers(out: Path) -> list[str]:
     """Staging / trash next to ``out`` and a trainer work directory that should be gone."""
-    from vlmrl.train.pipeline import work_dir_for
+    from vlmrl.stages.training import work_dir_for
 
     work_dir = work_dir_for(out)
     return _leftovers(out) + ([work_dir.name] if work_dir.exists() else [])

@@ -176,7 +176,7 @@ def _tiny_previous(work: Path) -> Result:
 def _stage(root: Path) -> dict[str, Path]:
     """Frames, a tiny base and a 1-step SFT checkpoint, built once per campaign root."""
     from vlmrl.data.extract import extract_dataset
-    from vlmrl.train.pipeline import build_base_model, train_sft
+    from vlmrl.stages.training import build_base_model, train_sft
 
     stage = root / "outputs-stage"
     raw = _raw(root)
@@ -208,7 +208,7 @@ def _recipe(max_steps: int, save_steps: int = 1) -> Any:
 def _train_onto(stage: str, target: Callable[[dict[str, Path], Path], Path],
                 names: tuple[str, ...], overwrite: bool = True) -> Callable[[Path], Result]:
     def case(work: Path) -> Result:
-        from vlmrl.train.pipeline import build_base_model, train_rl, train_sft
+        from vlmrl.stages.training import build_base_model, train_rl, train_sft
 
         p = _stage(work.parent)
         out = target(p, work)
@@ -294,7 +294,8 @@ def _resume(stage: str, kill_at: int, max_steps: int = 3) -> Callable[[Path], Re
         from transformers import TrainerCallback
 
         from vlmrl.lineage import read_manifest
-        from vlmrl.train.pipeline import TRAIN_LOG, train_rl, train_sft
+        from vlmrl.stages.training import train_rl, train_sft
+        from vlmrl.train.diagnostics import TRAIN_LOG
 
         class Kill(TrainerCallback):
             def __init__(self, at: int | None) -> None:

@@ -1,5 +1,8 @@
 """Evaluation: benchmark loading, generation, scoring with bootstrap intervals, reports.
 
+Recipe-free: evaluating a checkpoint the way a recipe says is `evaluate_checkpoint` in
+stages/evaluation.py, a layer above.
+
     from vlmrl.eval import load_benchmark, model_answerer, evaluate
     bench = load_benchmark("bench.json", media_root="media/")
     evaluate(bench, model_answerer("checkpoints/rl", GenerationSettings()), "reports/rl")
@@ -13,9 +16,7 @@ from vlmrl.eval.runner import (
     EvalSettings,
     GenerationSettings,
     evaluate,
-    evaluate_checkpoint,
     model_answerer,
-    recipe_generation,
     shuffled_order,
 )
 
@@ -29,12 +30,10 @@ __all__ = [
     "delta",
     "eval_score",
     "evaluate",
-    "evaluate_checkpoint",
     "load_benchmark",
     "model_answerer",
     "plot_stages",
     "read_report",
-    "recipe_generation",
     "shuffled_order",
     "stage_table",
     "summarize",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlmrl.data.extract import MANIFEST, extract_dataset, load_frame_dataset
+from vlmrl.data.extract import MANIFEST, FrameManifest, extract_dataset, load_frame_dataset
 from vlmrl.data.frames import FrameOptions
 from vlmrl.data.records import AnnotationError, load_annotations
 from vlmrl.hashing import sha256_file, sha256_json
@@ -55,13 +55,13 @@ class LoadedBenchmark:
 
     name: str
     dataset: Any  # datasets.Dataset
-    manifest: dict[str, Any]
+    manifest: FrameManifest
     source: str
     source_sha256: str | None
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
-        return self.manifest.get("rejected", [])
+        return self.manifest.rejected
 
 
 def spec_for(name: str) -> BenchmarkSpec:

@@ -3,7 +3,6 @@ earlier one of the same checkpoint (drift, for scheduled re-evaluations)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -11,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmrl.eval.metrics import bootstrap_delta
-from vlmrl.eval.report import _pct, read_report
+from vlmrl.eval.report import pct, read_predictions, read_report
 
 
 def _scores(report_dir: Path) -> dict[str, float]:
-    path = report_dir / "predictions.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["problem_id"]: float(r["score"]) for r in rows if not r.get("shuffled")}
+    return {r["problem_id"]: float(r["score"]) for r in read_predictions(report_dir) if not r.get("shuffled")}
 
 
 def delta(report_a: str | os.PathLike[str], report_b: str | os.PathLike[str]) -> dict[str, Any]:
@@ -30,8 +27,8 @@ def delta(report_a: str | os.PathLike[str], report_b: str | os.PathLike[str]) ->
     return {
         "a": str(a_dir), "b": str(b_dir), "common": len(common),
         "delta": est.as_dict(),
-        "same_benchmark_file": ra["benchmark"].get("sha256") == rb["benchmark"].get("sha256"),
-        "same_checkpoint": ra["checkpoint"].get("lineage_sha256") == rb["checkpoint"].get("lineage_sha256"),
+        "same_benchmark_file": ra.benchmark.get("sha256") == rb.benchmark.get("sha256"),
+        "same_checkpoint": ra.checkpoint.get("lineage_sha256") == rb.checkpoint.get("lineage_sha256"),
         "significant": not math.isnan(est.low) and (est.low > 0 or est.high < 0),
     }
 
@@ -41,14 +38,12 @@ def stage_table(reports: Mapping[str, str | os.PathLike[str]]) -> str:
     loaded = {stage: read_report(path) for stage, path in reports.items()}
     rows = ["| stage | accuracy | MC accuracy | format | temporal sensitivity |", "|---|---|---|---|---|"]
     for stage, r in loaded.items():
-        s = r["summary"]
-        sens = (r.get("temporal") or {}).get("sensitivity", {}).get("all")
-        rows.append(f"| {stage} | {_pct(s['accuracy'])} | {_pct(s['mc_accuracy'])} | "
-                    f"{_pct(s['format_compliance'])} | {_pct(sens)} |")
-    types = sorted({t for r in loaded.values() for t in r["summary"]["by_problem_type"]})
+        rows.append(f"| {stage} | {pct(r.figure('accuracy'))} | {pct(r.figure('mc_accuracy'))} | "
+                    f"{pct(r.figure('format_compliance'))} | {pct(r.sensitivity())} |")
+    types = sorted({t for r in loaded.values() for t in r.by_problem_type})
     rows += ["", "| problem type | " + " | ".join(loaded) + " |", "|---|" + "---|" * len(loaded)]
     for t in types:
-        rows.append(f"| {t} | " + " | ".join(_pct(r["summary"]["by_problem_type"].get(t)) for r in loaded.values()) + " |")
+        rows.append(f"| {t} | " + " | ".join(pct(r.by_problem_type.get(t)) for r in loaded.values()) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -62,7 +57,7 @@ def plot_stages(reports: Mapping[str, str | os.PathLike[str]], path: str | os.Pa
 
     stages, means, lows, highs = [], [], [], []
     for stage, p in reports.items():
-        est = read_report(p)["summary"][metric]
+        est = read_report(p).figure(metric)
         stages.append(stage)
         m = 100 * est["mean"]
         lo, hi = (100 * v if v is not None else m for v in est["ci"])

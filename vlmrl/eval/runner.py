@@ -14,7 +14,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,12 @@ Answerer = Callable[[Sequence[dict[str, Any]], Sequence[Any]], list[str]]
 
 
 @dataclass
-class GenerationSettings:
-    """Decoding settings. Defaults are deterministic (greedy), as evaluation should be.
+class DecodingSettings:
+    """How answers are decoded. Defaults are deterministic (greedy), as evaluation should be.
 
     Video-R1 evaluates with temperature 0.1 / top_p 0.001, which is greedy in practice;
-    set ``do_sample`` with ``temperature`` / ``top_p`` to sample instead.
+    set ``do_sample`` with ``temperature`` / ``top_p`` to sample instead. A recipe's
+    ``eval`` section subclasses this class with Video-R1's values (one set of fields).
     """
 
     max_new_tokens: int = 1024
@@ -40,6 +41,17 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+
+    def generation(self, seed: int) -> GenerationSettings:
+        """These decoding settings, seeded (what `model_answerer` takes)."""
+        decoding = {f.name: getattr(self, f.name) for f in fields(DecodingSettings)}
+        return GenerationSettings(**decoding, seed=seed)
+
+
+@dataclass
+class GenerationSettings(DecodingSettings):
+    """Decoding settings and the sampling seed."""
+
     seed: int = 0
 
 
@@ -184,11 +196,11 @@ def evaluate(
     report = {
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "benchmark": {"name": benchmark.name, "source": benchmark.source, "sha256": benchmark.source_sha256,
-                      "dataset_fingerprint": benchmark.manifest.get("fingerprint"), "n": len(scored),
+                      "dataset_fingerprint": benchmark.manifest.fingerprint, "n": len(scored),
                       "skipped": len(benchmark.skipped), "skipped_rows": benchmark.skipped},
         "checkpoint": ckpt,
         "settings": {"generation": asdict(settings.generation), "shuffled_control": settings.shuffled_control,
-                     "limit": settings.limit, "frames": benchmark.manifest.get("options", {})},
+                     "limit": settings.limit, "frames": benchmark.manifest.options},
         "summary": summarize(scored, seed=seed),
         "throughput": {"samples": len(scored) + len(scored_shuffled), "seconds": round(seconds, 3),
                        "samples_per_s": round((len(scored) + len(scored_shuffled)) / seconds, 3) if seconds else None},
@@ -201,27 +213,3 @@ def evaluate(
                               "sensitivity": temporal_sensitivity(scored, scored_shuffled, seed=seed)}
     write_report(out_dir, report, scored + scored_shuffled, overwrite=overwrite)
     return report
-
-
-def recipe_generation(recipe: Any) -> GenerationSettings:
-    """The generation settings of a recipe's ``eval`` section (seeded by the recipe seed)."""
-    e = recipe.eval
-    return GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample,
-                              temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size,
-                              seed=recipe.seed)
-
-
-def evaluate_checkpoint(recipe: Any, checkpoint: str | os.PathLike[str], benchmark: LoadedBenchmark,
-                        out_dir: str | os.PathLike[str], stage: str | None = None,
-                        progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate a checkpoint the way `recipe` says: its generation settings, its prompt (the
-    one the checkpoint was trained with), its dtype and thread count; shuffled control on, and
-    one sampled answer per question at the RL temperature next to the greedy one."""
-    recipe.model.apply_threads()
-    gen = recipe_generation(recipe)
-    answer = model_answerer(checkpoint, gen, dtype=recipe.model.dtype, prompt=recipe.rl.prompt)
-    # the untrained base model never answers in format: its sampled answers would only cost time
-    settings = EvalSettings(generation=gen, sampled=stage != "base",
-                            sampled_temperature=recipe.rl.temperature)
-    return evaluate(benchmark, answer, out_dir, settings, checkpoint=checkpoint,
-                    stage=stage, progress=progress, overwrite=overwrite)

@@ -6,10 +6,11 @@
   dynamic sampling, difficulty-aware augmentation); configured by :class:`RLConfig`.
 - :mod:`~vlmrl.train.config_io`: build the config dataclasses from recipe mappings, with
   key-path errors.
-- :mod:`~vlmrl.train.pipeline`: the stages as plain functions (base model, SFT, RL
-  checkpoints with lineage, atomic writes, resume); :mod:`~vlmrl.train.commands`: the
-  ``vlmrl train`` command. Import them directly (they depend on :mod:`vlmrl.recipes`).
+- :mod:`~vlmrl.train.diagnostics`: the RL training curves written next to the reports.
 - :mod:`~vlmrl.train.resume`: resume that really restores the model weights.
+
+The algorithms only: turning a recipe into a checkpoint is the stages package (a layer
+above, the only one that knows recipes).
 """
 
 from vlmrl.train.config_io import ConfigError, config_from_dict, config_to_dict

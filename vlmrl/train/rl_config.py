@@ -25,14 +25,26 @@ from typing import Any, Literal, get_args
 
 from trl import GRPOConfig
 
-from vlmrl.train.config_io import RunSettings, shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig
+from vlmrl.train.training_args import (
+    RESERVED_TRAINER_KWARGS,
+    Fixed,
+    TrainingSettings,
+    training_kwargs,
+)
 
 Algorithm = Literal["grpo", "t_grpo", "reg_grpo"]
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 # TRL 1.16's choices, as Literals so that a recipe typo fails when it is loaded.
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 ScaleRewards = Literal["group", "batch", "none"]
+# What to_trl fixes when a loss call needs whole prompt groups (RLConfig.uses_groups_in_loss):
+# TRL shuffles a generation batch and splits it into steps_per_generation chunks, which
+# would cut prompt groups apart.
+FIXED_GROUP_KWARGS = {
+    "steps_per_generation": Fixed(1, "1 for reg_grpo and dynamic_sampling (a loss call needs "
+                                     "whole prompt groups)"),
+}
 
 
 @dataclass
@@ -127,14 +139,14 @@ class AugmentConfig:
 
 
 @dataclass
-class RLConfig(RunSettings):
+class RLConfig(TrainingSettings):
     """GRPO-family RL hyper-parameters (defaults: Video-R1's T-GRPO recipe, 7B scale).
 
     Sampling: num_generations (G), max_completion_length, temperature, top_p.
-    Optimisation: learning_rate, lr_scheduler_type, warmup_steps, weight_decay,
-        max_grad_norm, per_device_train_batch_size (completions per device and step; a
-        multiple of G keeps groups on one device, which the group-level features need),
-        gradient_accumulation_steps, num_train_epochs / max_steps, num_iterations.
+    Optimisation: `TrainingSettings` (Video-R1's RL stage: weight decay 0.01, clipping at
+        5); per_device_train_batch_size counts completions per device and step (a multiple
+        of G keeps groups on one device, which the group-level features need);
+        num_iterations.
     Loss (TRL): loss_type, scale_rewards, epsilon, epsilon_high, beta,
         mask_truncated_completions, importance_sampling_level.
     Rewards: reward_funcs (registry names from vlmrl.rewards, or callables),
@@ -150,15 +162,8 @@ class RLConfig(RunSettings):
     max_completion_length: int = 768
     temperature: float = 1.0
     top_p: float = 0.95
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.0
     weight_decay: float = 0.01
     max_grad_norm: float = 5.0
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
     num_iterations: int = 1
     loss_type: LossType = "grpo"
     scale_rewards: ScaleRewards = "group"
@@ -219,6 +224,11 @@ class RLConfig(RunSettings):
             return int(self.trainer_kwargs["steps_per_generation"])
         return 1 if self.uses_groups_in_loss else self.gradient_accumulation_steps
 
+    def reserved_trainer_kwargs(self) -> dict[str, str]:
+        """The GRPOConfig fields to_trl sets itself (key -> why): not for trainer_kwargs."""
+        fixed = FIXED_GROUP_KWARGS if self.uses_groups_in_loss else {}
+        return {**RESERVED_TRAINER_KWARGS, **{key: item.why for key, item in fixed.items()}}
+
     def group_layout_problem(self, per_device_batch: int, steps_per_generation: int) -> str | None:
         """Why prompt groups would not stay whole on one device, or None. Only group-level
         features (T-GRPO's shuffled rollouts, augmentation, Reg-GRPO, dynamic sampling)
@@ -236,12 +246,11 @@ class RLConfig(RunSettings):
 
     def to_trl(self, output_dir: str | os.PathLike) -> GRPOConfig:
         kwargs = dict(
-            output_dir=str(output_dir),
+            **training_kwargs(self, output_dir),
             num_generations=self.num_generations,
             max_completion_length=self.max_completion_length,
             temperature=self.temperature,
             top_p=self.top_p,
-            **shared_training_kwargs(self),
             num_iterations=self.num_iterations,
             loss_type=self.loss_type,
             scale_rewards=self.scale_rewards,
@@ -251,12 +260,8 @@ class RLConfig(RunSettings):
             mask_truncated_completions=self.mask_truncated_completions,
             importance_sampling_level=self.importance_sampling_level,
             reward_weights=self.reward_weights,
-            # Rows keep every dataset column: prompts are built from them, rewards read them.
-            remove_unused_columns=False,
         )
         if self.uses_groups_in_loss:
-            # TRL shuffles a generation batch and splits it into steps_per_generation
-            # chunks, which would cut prompt groups apart.
-            kwargs["steps_per_generation"] = 1
+            kwargs.update({key: item.value for key, item in FIXED_GROUP_KWARGS.items()})
         kwargs.update(self.trainer_kwargs)
         return GRPOConfig(**kwargs)

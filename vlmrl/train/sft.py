@@ -31,9 +31,9 @@ from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
-from vlmrl.train.config_io import RunSettings, shared_training_kwargs
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
 from vlmrl.train.resume import ConvertedResumeMixin
+from vlmrl.train.training_args import FIXED_SFT_KWARGS, TrainingSettings, training_kwargs
 
 
 @dataclass
@@ -65,14 +65,12 @@ class SFTPhase:
 
 
 @dataclass
-class SFTTrainConfig(RunSettings):
+class SFTTrainConfig(TrainingSettings):
     """SFT hyper-parameters (defaults: Video-R1's SFT stage, scaled by the recipe).
 
-    learning_rate, num_train_epochs, max_steps (-1: epochs decide), per_device_train_batch_size,
-    gradient_accumulation_steps (Video-R1: effective batch 8), lr_scheduler_type,
-    warmup_steps (int steps, or a float in [0, 1): a ratio), weight_decay, max_grad_norm:
-    as in transformers.TrainingArguments. Seed, precision, logging and checkpointing: see
-    `RunSettings`.
+    Optimisation (learning_rate, batch, schedule, clipping, epochs / max_steps): see
+    `TrainingSettings`; Video-R1's SFT batch is 1 per device, 8 accumulated. Seed,
+    precision, logging and checkpointing: see `RunSettings`.
     require_process: drop rows without a CoT trace (a Video-R1 SFT set has one everywhere).
     curriculum: phases (`SFTPhase`) run in order before the main phase on all rows; each
     starts from the previous one's weights with a fresh optimizer.
@@ -80,15 +78,8 @@ class SFTTrainConfig(RunSettings):
     trainer_kwargs: any other SFTConfig field, passed through unchanged.
     """
 
-    learning_rate: float = 1e-6
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 8
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     require_process: bool = False
     curriculum: list[SFTPhase] = field(default_factory=list)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -106,16 +97,7 @@ class SFTTrainConfig(RunSettings):
         )
 
     def to_trl(self, output_dir: str | os.PathLike) -> SFTConfig:
-        return SFTConfig(
-            output_dir=str(output_dir),
-            **shared_training_kwargs(self),
-            # Our collator reads the raw columns; the vision path skips TRL's tokenisation.
-            remove_unused_columns=False,
-            dataset_kwargs={"skip_prepare_dataset": True},
-            max_length=None,  # never truncate through visual tokens
-            completion_only_loss=True,
-            **self.trainer_kwargs,
-        )
+        return SFTConfig(**training_kwargs(self, output_dir, FIXED_SFT_KWARGS), **self.trainer_kwargs)
 
 
 def sft_example(row: Mapping[str, Any], prompt: PromptConfig | None = None) -> dict[str, Any]:

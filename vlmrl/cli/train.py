@@ -1,4 +1,4 @@
-"""``vlmrl train base|sft|rl``: the training stages from the command line (see pipeline.py)."""
+"""``vlmrl train base|sft|rl``: the training stages from the command line (vlmrl.stages.training)."""
 
 from __future__ import annotations
 
@@ -6,46 +6,7 @@ import argparse
 import json
 from typing import Any
 
-
-def _assignments(items: list[str] | None, what: str) -> dict[str, Any]:
-    """["sft.max_steps=2", ...] -> {"sft": {"max_steps": 2}}; values are read as YAML.
-
-    A malformed item raises a one-line ValueError naming it (no '=', an empty key or key
-    part, a value that is not YAML); for ``--set`` the key path must also name a recipe key.
-    """
-    import yaml
-
-    from vlmrl.recipes import Recipe, deep_merge, parse_yaml
-    from vlmrl.train.config_io import ConfigError, check_key_path
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"{what} {item!r}: expected KEY=VALUE with a dotted key, "
-                             "e.g. rl.max_steps=10")
-        try:
-            value: Any = parse_yaml(text)
-        except yaml.YAMLError as exc:  # one line: what is wrong, not the parser's trace
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ValueError(f"{what} {item[:200]!r}: the value {text[:60]!r} is not valid "
-                             f"YAML ({problem})") from None
-        if what == "--set":  # recipe keys: a typo fails here, naming the assignment
-            try:
-                check_key_path(Recipe, parts)
-            except ConfigError as exc:
-                raise ValueError(f"{what} {item!r}: {exc}") from None
-        for part in reversed(parts):
-            value = {part: value}
-        out = deep_merge(out, value)
-    return out
-
-
-def _recipe(args: argparse.Namespace):
-    from vlmrl.recipes import load_recipe
-
-    return load_recipe(args.recipe, _assignments(args.set, "--set"))
+from vlmrl.cli.options import assignments, recipe_from_args
 
 
 def _report(path, kind: str) -> None:
@@ -58,27 +19,27 @@ def _report(path, kind: str) -> None:
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from vlmrl.train.pipeline import build_base_model
+    from vlmrl.stages.training import build_base_model
 
-    _report(build_base_model(_recipe(args), args.out, args.frames, overwrite=args.overwrite),
+    _report(build_base_model(recipe_from_args(args), args.out, args.frames, overwrite=args.overwrite),
             "base")
     return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from vlmrl.train.pipeline import train_sft
+    from vlmrl.stages.training import train_sft
 
-    tracking = _assignments(args.tracking, "--tracking")
-    _report(train_sft(_recipe(args), args.base, args.frames, args.out, tracking,
+    tracking = assignments(args.tracking, "--tracking")
+    _report(train_sft(recipe_from_args(args), args.base, args.frames, args.out, tracking,
                       resume=args.resume, overwrite=args.overwrite), "sft")
     return 0
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
-    from vlmrl.train.pipeline import train_rl
+    from vlmrl.stages.training import train_rl
 
-    tracking = _assignments(args.tracking, "--tracking")
-    _report(train_rl(_recipe(args), args.sft, args.frames, args.out, tracking,
+    tracking = assignments(args.tracking, "--tracking")
+    _report(train_rl(recipe_from_args(args), args.sft, args.frames, args.out, tracking,
                      resume=args.resume, overwrite=args.overwrite), "rl")
     return 0
 

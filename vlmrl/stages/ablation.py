@@ -33,7 +33,7 @@ from typing import Any
 from vlmrl.atomic import atomic_write_text
 from vlmrl.data.records import family_of
 from vlmrl.eval.metrics import Estimate, bootstrap_delta, bootstrap_mean
-from vlmrl.eval.report import _pct
+from vlmrl.eval.report import PREDICTIONS, pct, read_predictions
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"algorithm": "grpo"},
@@ -80,9 +80,9 @@ def _run_one(recipe_dict: dict[str, Any], variant: str, seed: int, sft_dir: str,
              bench_frames: str, bench_name: str, run_dir: str) -> str:
     """Train one variant / seed and evaluate it (in a worker process)."""
     from vlmrl.eval.benchmarks import load_benchmark
-    from vlmrl.eval.runner import evaluate_checkpoint
     from vlmrl.recipes import Recipe
-    from vlmrl.train.pipeline import train_rl
+    from vlmrl.stages.evaluation import evaluate_checkpoint
+    from vlmrl.stages.training import train_rl
 
     recipe = Recipe.from_dict(recipe_dict).override({"seed": seed, "rl": VARIANTS[variant]})
     out = Path(run_dir)
@@ -133,11 +133,7 @@ class RunScores:
     @classmethod
     def read(cls, report_dir: Path) -> RunScores:
         ordered, shuffled, ptype, family = {}, {}, {}, {}
-        path = report_dir / "predictions.jsonl"
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
+        for r in read_predictions(report_dir):
             (shuffled if r["shuffled"] else ordered)[r["problem_id"]] = float(r["score"])
             ptype[r["problem_id"]] = r["problem_type"]
             family[r["problem_id"]] = family_of(r.get("data_source"))
@@ -206,7 +202,7 @@ def summarize_ablation(plan: AblationPlan) -> dict[str, Any]:
         runs = {}
         for s in plan.seeds:
             report = plan.run_dir(v, s) / REPORT_DIR
-            if (report / "predictions.jsonl").is_file():
+            if (report / PREDICTIONS).is_file():
                 runs[s] = RunScores.read(report)
             else:
                 missing.append(f"{v}/seed-{s}")
@@ -251,14 +247,14 @@ def ablation_markdown(summary: Mapping[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for name, v in summary["variants"].items():
-        seeds = "; ".join(f"s{s}: {_pct(x['mc_accuracy'])} / {_pct(x['temporal_sensitivity'])}"
+        seeds = "; ".join(f"s{s}: {pct(x['mc_accuracy'])} / {pct(x['temporal_sensitivity'])}"
                           for s, x in v["per_seed"].items())
-        lines.append(f"| {name} | {_pct(v['mc_accuracy'])} | {_pct(v['temporal_sensitivity'])} | {seeds} |")
+        lines.append(f"| {name} | {pct(v['mc_accuracy'])} | {pct(v['temporal_sensitivity'])} | {seeds} |")
     if summary["comparisons"]:
         lines += ["", "| comparison | MC accuracy difference | temporal sensitivity difference |", "|---|---|---|"]
         for c in summary["comparisons"]:
             def cell(d: Mapping[str, Any]) -> str:
-                return _pct(d) + (" (significant)" if d["significant"] else "")
+                return pct(d) + (" (significant)" if d["significant"] else "")
             lines.append(f"| {c['b']} - {c['a']} | {cell(c['mc_accuracy_delta'])} | "
                          f"{cell(c['temporal_sensitivity_delta'])} |")
     families = sorted({f for v in summary["variants"].values() for f in v["by_family"]})
@@ -270,7 +266,7 @@ def ablation_markdown(summary: Mapping[str, Any]) -> str:
             for f in families:
                 x = v["by_family"].get(f)
                 cells.append("–" if x is None else
-                             f"{_pct(x['accuracy'])} / {_pct(x['temporal_sensitivity'])}")
+                             f"{pct(x['accuracy'])} / {pct(x['temporal_sensitivity'])}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["missing"]:
         lines += ["", f"Missing runs: {', '.join(summary['missing'])}"]

@@ -42,6 +42,7 @@ from vlmrl.data.extract import load_frame_dataset
 from vlmrl.lineage import FORMAT, LINEAGE, dataset_entry, lineage_hash, write_manifest
 from vlmrl.models.loading import check_checkpoint_dir, freeze_vision_tower, load_model
 from vlmrl.recipes import Recipe
+from vlmrl.train.diagnostics import TRAIN_LOG
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
 from vlmrl.train.resume import train_or_finish
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 WORK_SUFFIX = ".work"
 RUN_FILE = "run.json"  # in the work directory: which run its checkpoints belong to
-TRAIN_LOG = "train_log.json"  # in the final checkpoint: the trainer's log history
 TRAINER_STATE = "trainer_state.json"  # written last into a trainer checkpoint
 PHASE_FILE = "phase.json"  # in a finished curriculum phase's weights: its summary
 # the trainer's work directory of a run (only its run.json tells it is ours to empty)

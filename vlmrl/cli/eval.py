@@ -1,10 +1,12 @@
-"""`vlmrl eval` and `vlmrl compare`: the evaluation part of the command line."""
+"""`vlmrl eval`, `vlmrl compare` and `vlmrl ablate`: the evaluation part of the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from vlmrl.cli.options import assignments, frame_options
 
 
 def _resolve_benchmark(value: str, data_root: str) -> tuple[str, str]:
@@ -32,10 +34,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     source, name = _resolve_benchmark(args.benchmark, args.data_root)
     frames = spec_for(name).frames
-    if args.frames:
-        frames = replace(frames, max_frames=args.frames, min_frames=min(frames.min_frames, args.frames))
-    if args.max_pixels:
-        frames = replace(frames, max_pixels=args.max_pixels)
+    if args.max_frames:  # fewer frames than the benchmark's minimum lowers the minimum too
+        frames = replace(frames, min_frames=min(frames.min_frames, args.max_frames))
+    frames = frame_options(args, frames)
     bench = load_benchmark(source, name=name, media_root=args.media_root, frames=frames,
                            cache_dir=args.cache_dir, workers=args.workers)
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
@@ -76,13 +77,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from vlmrl.eval.ablation import AblationPlan, run_ablation
     from vlmrl.recipes import load_recipe
-    from vlmrl.train.commands import _assignments
+    from vlmrl.stages.ablation import AblationPlan, run_ablation
 
     root = Path(args.artifacts)  # `make run`'s layout, unless the inputs are given one by one
     plan = AblationPlan(
-        recipe=load_recipe(args.recipe, _assignments(args.set, "--set")),
+        recipe=load_recipe(args.recipe, assignments(args.set, "--set")),
         sft_dir=Path(args.sft or root / "checkpoints" / "sft"),
         rl_frames=Path(args.rl_frames or root / "frames" / "rl"),
         bench_frames=Path(args.bench_frames or root / "frames" / "bench-synthetic"),
@@ -112,7 +112,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default="artifacts/demo/raw", help="where named benchmarks' files live")
     p.add_argument("--media-root", default=None, help="media root (default: the file's directory)")
     p.add_argument("--cache-dir", default="artifacts/cache/benchmarks", help="frame-dataset cache")
-    p.add_argument("--frames", type=int, default=None, help="max frames per video (16, 32, 64)")
+    p.add_argument("--frames", dest="max_frames", type=int, default=None,
+                   help="max frames per video (16, 32, 64)")
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
