@@ -119,7 +119,7 @@ RULE_PATHS = {
     "TinyModelSpec": "model.tiny", "ModelSettings": "model", "RunSettings": "rl",
     "SFTTrainConfig": "sft", "RLConfig": "rl", "TemporalConfig": "rl.temporal",
     "LengthBonusConfig": "rl.length_bonus", "RegressionConfig": "rl.regression",
-    "AugmentConfig": "rl.augment", "EvalSettings": "eval", "SFTPhase": "sft.curriculum[0]",
+    "AugmentConfig": "rl.augment", "EvalSection": "eval", "SFTPhase": "sft.curriculum[0]",
 }
 CANDIDATES = (-1, 0, -0.5, 1.5, 2**40, "bogus")
 

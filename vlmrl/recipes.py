@@ -12,7 +12,7 @@ dataclasses below and from the trainer configs, which are the single source of t
     sft       SFTTrainConfig fields (vlmrl.train.sft); null: RL starts from the base model
               (the SFT stage then only records a checkpoint linking to the base)
     rl        RLConfig fields (vlmrl.train.rl_config): algorithm, rewards, temporal, ...
-    eval      EvalSettings fields: benchmarks and generation settings
+    eval      EvalSection fields: benchmarks and decoding settings
 
 Relative paths (annotations, media roots, model.path) are relative to the working
 directory of the run. A bad key or value raises RecipeError naming the file and the key
@@ -131,7 +131,7 @@ class ModelSettings:
 
 
 @dataclass
-class EvalSettings(DecodingSettings):
+class EvalSection(DecodingSettings):
     """Evaluation: which benchmarks, and how answers are decoded (`DecodingSettings`' fields;
     `generation(recipe.seed)` gives the runner's settings).
 
@@ -161,7 +161,7 @@ class Recipe:
     model: ModelSettings = field(default_factory=ModelSettings)
     sft: SFTTrainConfig | None = field(default_factory=SFTTrainConfig)  # None: no SFT stage
     rl: RLConfig = field(default_factory=RLConfig)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -328,7 +328,7 @@ VALUE_RULES: dict[type, dict[str, Rule]] = {
     AugmentConfig: {"window": at_least(1), "gain": POSITIVE, "dead_zone": NON_NEGATIVE,
                     "min_history": NON_NEGATIVE, "max_hint_fraction": FRACTION,
                     "max_noise_std": NON_NEGATIVE, "max_mask_prob": FRACTION},
-    EvalSettings: {"max_new_tokens": at_least(1), "temperature": NON_NEGATIVE,
+    EvalSection: {"max_new_tokens": at_least(1), "temperature": NON_NEGATIVE,
                    "top_p": PROBABILITY, "batch_size": at_least(1), "headroom_k": at_least(1),
                    "headroom_questions": NON_NEGATIVE},
 }

@@ -3,7 +3,7 @@
 import dataclasses
 
 from vlmrl.eval.runner import DecodingSettings, GenerationSettings
-from vlmrl.recipes import EvalSettings, Recipe, load_recipe
+from vlmrl.recipes import EvalSection, Recipe, load_recipe
 from vlmrl.train.prompts import PromptConfig
 from vlmrl.train.rl_config import RLConfig
 from vlmrl.train.sft import SFTTrainConfig
@@ -64,10 +64,10 @@ def test_library_and_recipe_default_prompts_agree():
 
 def test_recipe_eval_section_is_built_on_the_runner_decoding_settings():
     decoding = {f.name for f in dataclasses.fields(DecodingSettings)}
-    recipe_only = {f.name for f in dataclasses.fields(EvalSettings)} - decoding
+    recipe_only = {f.name for f in dataclasses.fields(EvalSection)} - decoding
     assert recipe_only == {"benchmarks", "headroom_k", "headroom_questions"}
     # documented defaults: a recipe evaluates as Video-R1 does, the library greedily
-    e = EvalSettings()
+    e = EvalSection()
     assert (e.do_sample, e.temperature, e.top_p, e.max_new_tokens) == (True, 0.1, 0.001, 1024)
     assert not GenerationSettings().do_sample
     gen = load_recipe("tiny-cpu").eval.generation(seed=3)

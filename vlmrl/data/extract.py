@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from vlmrl.data.records import (
     resolve_media,
 )
 from vlmrl.hashing import relative_ref, sha256_file, sha256_json, sha256_tree
+from vlmrl.json_view import JsonView
 
 FORMAT = "vlmrl.frames/1"
 MANIFEST = "manifest.json"
@@ -85,21 +86,9 @@ class Counts:
     frames: int
 
 
-class FrameManifest(Mapping[str, Any]):
+class FrameManifest(JsonView):
     """Typed view of a frame dataset's manifest.json. The mapping is the JSON exactly as
     written (the audit hashes the file); the properties name what readers use."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = dict(data)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
     def __repr__(self) -> str:
         return f"FrameManifest(fingerprint={self.fingerprint[:16]!r}, kept={self.counts.kept})"

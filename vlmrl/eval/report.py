@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlmrl.atomic import OutputKind, atomic_directory, check_output
 from vlmrl.data.extract import MANIFEST
 from vlmrl.hashing import relative_ref, sha256_file, sha256_tree
+from vlmrl.json_view import JsonView
 
 REPORT = "report.json"
 FORMAT = "vlmrl.report/1"
@@ -27,22 +28,10 @@ REPORT_DIR = OutputKind("benchmark report", REPORT, values=(("format", FORMAT),)
 REQUIRED = ("benchmark", "checkpoint", "settings", "summary", "temporal", "throughput")
 
 
-class Report(Mapping[str, Any]):
+class Report(JsonView):
     """Typed view of one report.json. The mapping is the JSON exactly as written (the audit
     re-hashes the file, and reports written before a section existed still load); the
     properties name what readers use, so no reader digs through the nesting by hand."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = dict(data)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
     def __repr__(self) -> str:
         return f"Report({self.benchmark.get('name')!r}, {self.checkpoint_kind!r})"
