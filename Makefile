@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE=1
 export DAGSTER_DISABLE_TELEMETRY=1
 MLFLOW_DB := sqlite:///$(VLMRL_ARTIFACTS)/mlflow.db
 
-.PHONY: install run ui test lint clean ablation
+.PHONY: install run ui test lint clean ablation bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m orchestration.run
+
+# Every performance claim against its reference, side by side (bench/run.py): prints the
+# table, writes bench/results.json and the table in docs/performance.md.
+bench: install
+	$(BIN)/python bench/run.py
 
 # The RL ablation (issue 7), from the SFT checkpoint and frames `make run` left in the artifacts.
 ablation: install

@@ -20,7 +20,7 @@ from pathlib import Path
 
 SHORT = {
     "data": {"synthetic": {"sizes": {"sft": 16, "rl": 32, "bench": 16}}},
-    "sft": {"num_train_epochs": 1, "save_strategy": "no"},
+    "sft": {"num_train_epochs": 1, "save_strategy": "no", "curriculum": []},
     "rl": {"max_steps": 4, "save_strategy": "no"},
     "eval": {"max_new_tokens": 16},
 }
@@ -78,32 +78,47 @@ def through_dagster(recipe_name: str, overrides: dict, root: Path) -> float:
         return time.perf_counter() - t0
 
 
+def measure(quick: bool = False, recipe_name: str = "tiny-cpu", short: bool = True,
+            repeats: int | None = None) -> dict:
+    """Direct vs through Dagster, alternating pairs; the minimum of each (quick: one pair).
+    `make bench` uses the short recipe (the whole tiny recipe twice would take 25 minutes;
+    run this script without --short for it). Target: overhead < 10 % of wall time."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vlmrl.recipes import load_recipe
+
+    repeats = (1 if quick else 2) if repeats is None else repeats
+    overrides = SHORT if short else {}
+    recipe = load_recipe(recipe_name, overrides)
+    # Alternate the two so that load from other processes hits both alike; report the minimum.
+    directs, dagsters = [], []
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            directs.append(direct(recipe, Path(tmp) / "direct"))
+            dagsters.append(through_dagster(recipe_name, overrides, Path(tmp) / "dagster"))
+        print(f"pair {i + 1}: direct {directs[-1]:7.1f} s   through Dagster {dagsters[-1]:7.1f} s", flush=True)
+    t_direct, t_dagster = min(directs), min(dagsters)
+    return {"recipe": recipe_name, "short": short, "direct_s": round(t_direct, 2),
+            "dagster_s": round(t_dagster, 2), "overhead": round(t_dagster / t_direct - 1, 4),
+            "fixed_cost_s": round(t_dagster - t_direct, 2), "target": 0.10}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="tiny-cpu")
     p.add_argument("--short", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=2, help="alternating direct/Dagster pairs")
+    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vlmrl.recipes import load_recipe
-
-    overrides = SHORT if args.short else {}
-    recipe = load_recipe(args.recipe, overrides)
-    # Alternate the two so that load from other processes hits both alike; report the minimum.
-    directs, dagsters = [], []
-    for i in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            directs.append(direct(recipe, Path(tmp) / "direct"))
-            dagsters.append(through_dagster(args.recipe, overrides, Path(tmp) / "dagster"))
-        print(f"pair {i + 1}: direct {directs[-1]:7.1f} s   through Dagster {dagsters[-1]:7.1f} s", flush=True)
-    t_direct, t_dagster = min(directs), min(dagsters)
-    print(f"best: direct {t_direct:.1f} s, Dagster {t_dagster:.1f} s; overhead {100 * (t_dagster / t_direct - 1):+.1f} % "
-          f"(ratio {t_dagster / t_direct:.3f}; target < 10 %)")
+    r = measure(recipe_name=args.recipe, short=args.short, repeats=args.repeats)
+    print(f"best: direct {r['direct_s']:.1f} s, Dagster {r['dagster_s']:.1f} s; overhead "
+          f"{100 * r['overhead']:+.1f} % (target < 10 %)")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1))
     return 0
 
 

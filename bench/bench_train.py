@@ -122,7 +122,7 @@ def run_one(algorithm: str, model_dir: str, args: dict, queue: mp.Queue) -> None
     queue.put(result)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -139,8 +139,26 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--cpu", action="store_true", help="stay on CPU even when a GPU is present")
     p.add_argument("--json", type=Path, help="also write the results here")
-    args = vars(p.parse_args())
+    return p
 
+
+def main() -> int:
+    summary, results = run(vars(parser().parse_args()))
+    print(json.dumps(summary))
+    ratio = summary["ratio"]
+    print(
+        f"T-GRPO / GRPO step time: {ratio:.3f} (target <= {TARGET_RATIO}): {'OK' if ratio <= TARGET_RATIO else 'OVER'}"
+    )
+    return 0
+
+
+def measure(quick: bool = False) -> dict:
+    """The summary of one side-by-side run (quick: one run of each algorithm)."""
+    args = vars(parser().parse_args(["--repeats", "1" if quick else "2"]))
+    return run(args)[0]
+
+
+def run(args: dict) -> tuple[dict, list[dict]]:
     from vlmrl.models import TinyModelSpec, build_tiny_model
     from vlmrl.train.prompts import tokenizer_corpus
 
@@ -188,13 +206,9 @@ def main() -> int:
     if any("peak_cuda_mb" in r for r in results):
         summary["grpo_peak_cuda_mb"] = round(median_of("grpo", "peak_cuda_mb"))
         summary["t_grpo_peak_cuda_mb"] = round(median_of("t_grpo", "peak_cuda_mb"))
-    print(json.dumps(summary))
-    print(
-        f"T-GRPO / GRPO step time: {ratio:.3f} (target <= {TARGET_RATIO}): {'OK' if ratio <= TARGET_RATIO else 'OVER'}"
-    )
     if args["json"]:
         args["json"].write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
-    return 0
+    return summary, results
 
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
 from vlmrl.atomic import OutputKind, atomic_directory, check_output
@@ -365,7 +365,101 @@ def load_frame_dataset(path: str | os.PathLike[str], open_dataset: bool = True) 
 
 def frames_array(row: dict[str, Any]) -> np.ndarray:
     """A dataset row's frames as a [T, H, W, 3] uint8 array."""
-    return np.stack([np.asarray(img.convert("RGB")) for img in row["frames"]])
+    return decode_frames(row["frames"])
+
+
+def encoded_frames(dataset: Any) -> Any:
+    """The dataset's ``frames`` column alone, as Arrow: `read_frames` takes rows from it.
+
+    Row access then converts no other column and builds no PIL images. A view, not a
+    cast: casting would write a cache file into the dataset's folder (and change its
+    content hash) or copy every frame into memory.
+    """
+    return dataset.select_columns(["frames"]).with_format("arrow")
+
+
+def read_frames(encoded: Any, index: int) -> np.ndarray:
+    """Row `index` of an `encoded_frames` view as [T, H, W, 3] uint8 (= frames_array(ds[index]))."""
+    frames = encoded[index].column(0)[0].values  # the row's list of {bytes, path} structs
+    return decode_frames(frames.field("bytes").to_pylist())
+
+
+def decode_frames(frames: Sequence[Any]) -> np.ndarray:
+    """Frames (PIL images, stored PNG/JPEG bytes, or {"bytes": ...} dicts) as [T, H, W, 3] uint8.
+
+    Pixel for pixel what PIL's ``convert("RGB")`` gives for each frame. The PNGs `_encode`
+    writes (8-bit RGB, only IHDR/IDAT/IEND) of one size are inflated and unfiltered by
+    PIL's own PNG decoder straight into one [T*H, W] image: no Image.open (format probing,
+    chunk parsing), no per-frame image or copy. That is most of a small frame's cost.
+    """
+    encoded = [f["bytes"] if isinstance(f, dict) else f for f in frames]
+    plain = [None if isinstance(f, Image.Image) else _plain_png(f) for f in encoded]
+    first = plain[0] if plain else None
+    if first is not None and all(p is not None and p[0] == first[0] for p in plain):
+        stacked = _decode_plain_pngs([p[1] for p in plain if p is not None], first[0])
+        if stacked is not None:
+            return stacked
+    return np.stack([_decode_one(f) for f in encoded])
+
+
+def _decode_one(frame: Image.Image | bytes) -> np.ndarray:
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    with Image.open(io.BytesIO(frame)) as img:
+        # as datasets' Image feature decodes a stored frame (EXIF orientation applied)
+        if img.getexif().get(ExifTags.Base.Orientation) is not None:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        return np.asarray(img.convert("RGB"))
+
+
+def _decode_plain_pngs(idats: list[bytes], size: tuple[int, int]) -> np.ndarray | None:
+    """Decode same-size plain RGB PNGs (their IDAT data) into one array; None if any is bad
+    (the general path then decodes them and raises PIL's own error)."""
+    width, height = size
+    canvas = Image.new("RGB", (width, height * len(idats)))
+    for k, idat in enumerate(idats):
+        # what ImageFile.load does for a PNG tile, aimed at frame k's rows of the canvas
+        decoder = Image._getdecoder("RGB", "zip", ("RGB",))
+        try:
+            decoder.setimage(canvas.im, (0, k * height, width, (k + 1) * height))
+            done, error = decoder.decode(idat)
+        finally:
+            decoder.cleanup()
+        if done >= 0 or error < 0:  # ran out of data, or a zlib / filter error
+            return None
+    return np.asarray(canvas).reshape(len(idats), height, width, 3)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR fields after width and height: bit depth 8, colour type 2 (RGB), deflate,
+# adaptive filtering, not interlaced
+_RGB8 = bytes((8, 2, 0, 0, 0))
+
+
+def _plain_png(data: bytes) -> tuple[tuple[int, int], bytes] | None:
+    """((width, height), concatenated IDAT data) of a PNG holding only IHDR/IDAT/IEND and
+    8-bit RGB pixels; None for any other file (decoded the general way)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos, size, idat = 8, None, []
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) != length:
+            return None
+        if kind == b"IHDR":
+            if length != 13 or body[8:] != _RGB8:
+                return None
+            size = (int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big"))
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            return (size, b"".join(idat)) if size is not None and idat else None
+        else:
+            return None
+        pos += 12 + length
+    return None
 
 
 def _reject(row: int, rec: Record, field: str, reason: str) -> dict[str, Any]:
@@ -448,9 +542,12 @@ __all__ = [
     "FORMAT",
     "MANIFEST",
     "dataset_features",
+    "decode_frames",
+    "encoded_frames",
     "extract_dataset",
     "fingerprint",
     "frames_array",
     "load_frame_dataset",
+    "read_frames",
     "verify_frame_dataset",
 ]

@@ -1,0 +1,152 @@
+"""`make bench`: every performance claim measured against its reference, side by side.
+
+    .venv/bin/python bench/run.py [--quick] [--only frames,rewards]
+
+Each measure runs in its own process (so one cannot warm or starve another) through its
+script's ``measure(quick)``, and is reported as a figure next to its target. The results go
+to bench/results.json, and the table (with the command, date and machine) into
+docs/performance.md between its markers. The machines are noisy: every figure is a ratio
+of two things measured in the same run, or a throughput on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results.json"
+DOC = REPO / "docs" / "performance.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+@dataclass
+class Row:
+    measure: str
+    figure: str
+    target: str
+    met: bool | None  # None: not measured
+
+
+def _frames(r: dict) -> list[Row]:
+    # The figure is the read training does today (a `datasets` row); the fast read
+    # (`read_frames`) is shown beside it until the trainers use it.
+    return [Row(f"1. frame read vs decord decode + resize ({name})",
+                f"{v['speedup_before']:.1f}x (fast read, not yet used by training: {v['speedup']:.1f}x)",
+                ">= 20x", v["speedup_before"] >= 20) for name, v in r["sets"].items()]
+
+
+def _extract(r: dict) -> list[Row]:
+    return [Row(f"2. extraction, {r['cores']} cores vs bare 1-core decord loop ({name})",
+                f"{v['speedup_vs_bare_decord']:.2f}x", ">= 1.5x", v["speedup_vs_bare_decord"] >= 1.5)
+            for name, v in r["sets"].items()]
+
+
+def _train(r: dict) -> list[Row]:
+    return [Row(f"3. T-GRPO / GRPO step time (G = {r['G']})", f"{r['ratio']:.3f}", "<= 1.25",
+                r["ratio"] <= r["target"])]
+
+
+def _rewards(r: dict) -> list[Row]:
+    return [Row(f"4. reward {name} (one core)", f"{v['per_s']:,.0f}/s", f">= {v['target']:,}/s",
+                v["per_s"] >= v["target"]) for name, v in r["rewards"].items()]
+
+
+def _orchestration(r: dict) -> list[Row]:
+    return [Row(f"5. orchestration overhead ({r['recipe']}{', short' if r['short'] else ''})",
+                f"{100 * r['overhead']:+.1f} % ({r['fixed_cost_s']:+.1f} s)", "< 10 %",
+                r["overhead"] < r["target"])]
+
+
+# name -> (module in bench/, rows from its measure(); seconds allowed)
+MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
+    "frames": ("bench_frames", _frames, 240),
+    "extract": ("bench_extract", _extract, 240),
+    "train": ("bench_train", _train, 300),
+    "rewards": ("bench_rewards", _rewards, 240),
+    "orchestration": ("bench_orchestration", _orchestration, 600),
+}
+NOT_YET = [  # measures of issue 15 without a script yet: listed, never silently left out
+    Row("6. data wait in SFT / RL steps", "not measured yet", "< 5 %", None),
+    Row("7. vision-embedding cache: RL step speed-up", "not built yet", "identical log-probs", None),
+]
+
+
+def run_measure(module: str, quick: bool, timeout: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(BENCH)!r}); import {module} as m; "
+            f"print('\\n@@RESULT@@' + json.dumps(m.measure({quick!r})))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
+        raise RuntimeError(f"{module} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
+
+
+def table(rows: list[Row]) -> str:
+    mark = {True: "met", False: "**missed**", None: "–"}
+    lines = ["| measure | figure | target | |", "|---|---|---|---|"]
+    lines += [f"| {r.measure} | {r.figure} | {r.target} | {mark[r.met]} |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_doc(rows: list[Row], command: str, when: str) -> None:
+    block = (f"{BEGIN}\n`{command}` on {when} ({machine()}):\n\n{table(rows)}\n{END}")
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Performance\n\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller inputs, one repeat")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(MEASURES)}")
+    p.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
+    args = p.parse_args(argv)
+    wanted = [m for m in args.only.split(",") if m] or list(MEASURES)
+    rows: list[Row] = []
+    raw: dict[str, dict] = {}
+    started = time.perf_counter()
+    for name in wanted:
+        module, to_rows, timeout = MEASURES[name]
+        t0 = time.perf_counter()
+        try:
+            raw[name] = run_measure(module, args.quick, timeout)
+            rows += to_rows(raw[name])
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raw[name] = {"error": str(exc)}
+            rows.append(Row(f"{name}: FAILED", str(exc).splitlines()[0][:120], "", False))
+        print(f"[{time.perf_counter() - t0:6.1f} s] {name}", flush=True)
+    if not args.only:
+        rows += NOT_YET
+    print("\n" + table(rows))
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "make bench" + (" (--quick)" if args.quick else "")
+    RESULTS.write_text(json.dumps({"when": when, "machine": machine(), "quick": args.quick,
+                                   "seconds": round(time.perf_counter() - started, 1),
+                                   "rows": [asdict(r) for r in rows], "raw": raw}, indent=1) + "\n")
+    if not args.no_doc and not args.only:
+        write_doc(rows, command, when)
+    print(f"\n{len(rows)} figures in {time.perf_counter() - started:.0f} s -> {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
