@@ -46,6 +46,7 @@ TRUNCATED = "...[truncated]"
 # What a failing tracking store raises: MLflow's own errors, HTTP errors, a gone SQLite file.
 TRACKING_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 log = logging.getLogger(__name__)
+MAX_PROBLEMS_SHOWN = 20  # in an asset's metadata
 
 
 def default_tracking_uri() -> str:
@@ -114,8 +115,11 @@ class TrackedRun:
     @property
     def metadata(self) -> dict[str, Any]:
         meta = {"mlflow_run_id": self.run_id, "mlflow_run_url": MetadataValue.url(self.url)}
-        if self.problems:
-            meta["mlflow_problems"] = MetadataValue.md("\n".join(f"- {p}" for p in self.problems))
+        if self.problems:  # a dead store fails every batch of a long run: show the first ones
+            shown = [f"- {p}" for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+            if len(self.problems) > MAX_PROBLEMS_SHOWN:
+                shown.append(f"- ... and {len(self.problems) - MAX_PROBLEMS_SHOWN} more")
+            meta["mlflow_problems"] = MetadataValue.md("\n".join(shown))
         return meta
 
     def report(self, problem: str) -> None:

@@ -205,3 +205,12 @@ def test_curriculum_phases_are_child_runs_and_no_param_is_refused(graph):
     assert sft.info.status == "FINISHED" and "train_loss" in sft.data.metrics
     assert "mlflow_problems" not in graph.instance().get_latest_materialization_event(
         AssetKey("sft_checkpoint")).asset_materialization.metadata
+
+
+def test_reported_problems_are_bounded_in_the_metadata():
+    run = TrackedRun("r1", "0", "http://mlflow/#/experiments/0/runs/r1", env={})
+    for i in range(50):
+        run.problems.append(f"batch {i} failed")
+    shown = run.metadata["mlflow_problems"].value.splitlines()
+    assert shown[0] == "- batch 0 failed" and shown[19] == "- batch 19 failed"
+    assert shown[20] == "- ... and 30 more" and len(shown) == 21
