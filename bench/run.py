@@ -58,8 +58,9 @@ def _train(r: dict) -> list[Row]:
 
 
 def _rewards(r: dict) -> list[Row]:
-    return [Row(f"4. reward {name} (one core)", f"{v['per_s']:,.0f}/s", f">= {v['target']:,}/s",
-                v["per_s"] >= v["target"]) for name, v in r["rewards"].items()]
+    return [Row(f"4. reward {v['reward']}, {v['samples']} (one core)",
+                f"{v['completions_per_s']:,.0f}/s", f">= {v['target']:,}/s", v["ok"])
+            for v in r.values()]
 
 
 def _orchestration(r: dict) -> list[Row]:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             raw[name] = run_measure(module, args.quick, timeout)
             rows += to_rows(raw[name])
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:  # KeyError: shape changed
             raw[name] = {"error": str(exc)}
             rows.append(Row(f"{name}: FAILED", str(exc).splitlines()[0][:120], "", False))
         print(f"[{time.perf_counter() - t0:6.1f} s] {name}", flush=True)
