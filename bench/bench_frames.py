@@ -7,10 +7,10 @@ On the same samples, side by side in one run (compare ratios, not absolute times
 - reference: what a pipeline without frame datasets does every step (Video-R1's design):
   open the video with decord, take the same frame indices, decode, resize to the same
   pixels (`vlmrl.data.frames.resize_frames`);
-- dataset row: what training did per sample, ``frames_array(ds[i])`` (datasets decodes
-  every column and builds one PIL image per frame);
-- frames read: the read path `read_frames(encoded_frames(ds), i)` (the frames column
-  only, PNGs decoded straight into one array), checked equal to the dataset row's array.
+- dataset row: what training did per sample until the RL trainer read frames itself,
+  ``frames_array(ds[i])`` (datasets decodes every column and builds one PIL image per frame);
+- frames read: what the RL trainer does now (`vlmrl.train.grpo.FrameSource`: the frames
+  column only, PNGs decoded straight into one array), checked equal to the dataset row's.
 
 Sets: the demo's RL split (tiny-cpu recipe: 112x112 H.264, 8 frames of 56x56 PNG) and
 the real fixtures in ../shared/fixtures/real at Video-R1's training options (JPEG, and
@@ -31,13 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmrl.data.extract import (
-    encoded_frames,
-    extract_dataset,
-    frames_array,
-    load_frame_dataset,
-    read_frames,
-)
+from vlmrl.data.extract import extract_dataset, frames_array, load_frame_dataset
 from vlmrl.data.frames import FrameOptions, resize_frames
 from vlmrl.data.synth import generate
 from vlmrl.recipes import load_recipe
@@ -60,8 +54,11 @@ def _per_sample_ms(fn: Callable[[int], Any], rows: list[int], passes: int) -> li
 def measure_set(name: str, frames_dir: Path, media_root: Path, passes: int) -> dict[str, Any]:
     import decord
 
+    from vlmrl.train.grpo import FrameSource
+
     ds, _ = load_frame_dataset(frames_dir)
-    encoded = encoded_frames(ds)
+    light, source = FrameSource.split(ds)
+    assert source is not None, f"{name}: problem ids repeat, training would not use the fast read"
     meta = ds.select_columns(["path", "decoder", "frame_indices", "height", "width"])
     # the reference decodes with decord: rows decord could not read (PyAV fallback) are left out
     rows = [i for i, d in enumerate(meta["decoder"]) if d == "decord"]
@@ -75,8 +72,10 @@ def measure_set(name: str, frames_dir: Path, media_root: Path, passes: int) -> d
     def dataset_row(i: int) -> np.ndarray:
         return frames_array(ds[i])
 
+    ids = light["problem_id"]
+
     def frames_read(i: int) -> np.ndarray:
-        return read_frames(encoded, i)
+        return source.frames({"problem_id": ids[i]})
 
     same_as_reference = 0
     for i in rows:  # the fast read must give the arrays training got, byte for byte

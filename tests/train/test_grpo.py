@@ -9,6 +9,7 @@ import torch
 from trl import GRPOTrainer
 
 from vlmrl.models import encode_chats, load_model
+from vlmrl.models.loading import freeze_vision_tower
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.rl_config import AugmentConfig, LengthBonusConfig, RLConfig, TemporalConfig
 
@@ -338,3 +339,122 @@ def test_checkpoints_carry_the_rollout_state(tiny_rl_model_dir, frame_dataset, t
     fresh._load_optimizer_and_scheduler = load_and_record
     fresh.train(resume_from_checkpoint=str(checkpoint))
     assert restored == saved
+
+
+# ---------------------------------------------------------------- vision-embedding cache
+
+
+def tower_patches(model):
+    """A list that receives the number of patches of every vision-tower call."""
+    seen = []
+    handle = model.model.visual.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    return seen, handle
+
+
+def rollout(trainer, batch, seed=0):
+    """One generation + scoring, the policy log-probs and the loss, as a training step has them."""
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(seed)
+    output = trainer._generate_and_score_completions(batch)
+    logps = forward_logps(trainer, output, output["visual_rows"])
+    loss = trainer._compute_loss(trainer.model, output)
+    return output, logps, loss
+
+
+def frozen_trainer(model_dir, dataset, tmp_path, **overrides):
+    trainer = make_trainer(model_dir, dataset, tmp_path, **overrides)
+    freeze_vision_tower(trainer.model)
+    return trainer
+
+
+def test_cached_rollout_equals_the_uncached_one(tiny_rl_model_dir, frame_dataset, tmp_path):
+    batch = group_batch(frame_dataset)  # 4 copies of a video, 4 of an image
+    plain = frozen_trainer(tiny_rl_model_dir, frame_dataset, tmp_path / "a", vision_cache_mb=0)
+    cached = frozen_trainer(tiny_rl_model_dir, frame_dataset, tmp_path / "b", vision_cache_mb=64)
+    assert plain.vision_cache is None and cached.vision_cache is not None
+
+    seen_plain, h1 = tower_patches(plain.model)
+    seen_cached, h2 = tower_patches(cached.model)
+    try:
+        out_a, logps_a, loss_a = rollout(plain, batch)
+        out_b, logps_b, loss_b = rollout(cached, batch)
+    finally:
+        h1.remove()
+        h2.remove()
+
+    # the same sampled completions, and log-probs / loss equal up to float32 rounding: the
+    # tower sees 2 distinct items instead of 8 copies, and a matmul's rounding depends on
+    # the batch it is part of
+    assert torch.equal(out_a["completion_ids"], out_b["completion_ids"])
+    assert torch.allclose(logps_a, logps_b, atol=1e-5, rtol=0)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=0)
+    assert (logps_a != 0).any()
+
+    # uncached: 8 items for generation, 8 for the log-prob forward, 8 for the loss; cached:
+    # the video and the image once, for everything
+    rows = out_a["visual_rows"]
+    one_video = rows[0]["pixel_values_videos"].shape[0]
+    one_image = rows[4]["pixel_values"].shape[0]
+    assert sum(seen_plain) == 3 * 4 * (one_video + one_image)
+    assert sum(seen_cached) == one_video + one_image
+    stats = cached.vision_cache.stats
+    assert (stats.misses, stats.hits, stats.bypassed) == (2, 3 * 8 - 2, 0)
+
+
+def test_a_trainable_tower_is_never_cached(tiny_rl_model_dir, frame_dataset, tmp_path):
+    trainer = make_trainer(tiny_rl_model_dir, frame_dataset, tmp_path, vision_cache_mb=64)
+    assert any(p.requires_grad for p in trainer.model.model.visual.parameters())
+    seen, handle = tower_patches(trainer.model)
+    try:
+        output, _, _ = rollout(trainer, group_batch(frame_dataset))
+    finally:
+        handle.remove()
+    rows = output["visual_rows"]
+    per_pass = sum(r.get("pixel_values_videos", r.get("pixel_values")).shape[0] for r in rows)
+    assert sum(seen) == 3 * per_pass
+    assert trainer.vision_cache.stats.hits == 0 and len(trainer.vision_cache) == 0
+    assert trainer.vision_cache.stats.bypassed >= 3
+
+
+# ---------------------------------------------------------------- frames read at rollout time
+
+
+def test_rollout_frames_are_read_from_arrow_with_equal_model_inputs(
+    tiny_rl_model_dir, frame_dataset, tmp_path
+):
+    from vlmrl.train.prompts import build_prompt
+
+    trainer = make_trainer(tiny_rl_model_dir, frame_dataset, tmp_path)
+    assert "frames" not in trainer.train_dataset.column_names  # the dataloader yields no pixels
+    assert "frames" in frame_dataset.column_names  # the caller's dataset is untouched
+    for i in (0, 4):  # a video row and an image row
+        light = dict(trainer.train_dataset[i])
+        light["frames"] = trainer._frame_source.frames(light)
+        prompts = [build_prompt(r, trainer.rl.prompt) for r in (light, frame_dataset[i])]
+        fast, slow = (encode_chats(trainer.processing_class, [p]) for p in prompts)
+        assert torch.equal(fast.input_ids, slow.input_ids)
+        assert fast.visual.keys() == slow.visual.keys()
+        assert all(torch.equal(fast.visual[k], slow.visual[k]) for k in fast.visual)
+
+
+def test_rows_keep_their_frames_when_problem_ids_repeat(tiny_rl_model_dir, frame_dataset, tmp_path):
+    from datasets import concatenate_datasets
+
+    doubled = concatenate_datasets([frame_dataset, frame_dataset])
+    trainer = make_trainer(tiny_rl_model_dir, doubled, tmp_path)
+    assert trainer._frame_source is None and "frames" in trainer.train_dataset.column_names
+
+
+def test_an_extracted_dataset_is_read_without_writing_into_it(
+    tiny_rl_model_dir, stage_frames, tmp_path
+):
+    from vlmrl.data.extract import load_frame_dataset
+
+    folder = stage_frames["rl"]
+    before = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+    dataset, _ = load_frame_dataset(folder)
+    trainer = make_trainer(tiny_rl_model_dir, dataset, tmp_path, max_steps=1)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert sorted((p.name, p.stat().st_size) for p in folder.iterdir()) == before

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import gather, gather_object
 from datasets import Dataset
@@ -49,10 +50,12 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
+from vlmrl.data.extract import encoded_frames, read_frames
 from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import collate_visual_rows, encode_chats, mm_token_types
 from vlmrl.models.saving import save_model_dir
+from vlmrl.models.vision_cache import VisionEmbeddingCache, vision_tower
 from vlmrl.rewards import get_reward
 from vlmrl.rewards.shaping import length_bonus
 from vlmrl.train.augment import Augmentation, DifficultyAugmenter
@@ -107,6 +110,37 @@ def _without_media(messages: Any) -> Any:
     return stripped
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameSource:
+    """The train dataset's frames as stored (PNG/JPEG bytes in Arrow) and each row's index.
+
+    The dataloader then yields rows without frames, and a rollout decodes the frames of
+    just its rows with the fast reader (`vlmrl.data.extract.read_frames`): no PIL images
+    built by `datasets` for every frame of every row the sampler repeats G times.
+    """
+
+    encoded: Any
+    index: dict[str, int]  # problem_id -> row
+
+    @classmethod
+    def split(cls, dataset: Any) -> tuple[Any, FrameSource | None]:
+        """(the dataset without its frames column, the frames), or (dataset, None) when the
+        rows cannot be told apart by problem_id (then rows keep their decoded frames)."""
+        if not isinstance(dataset, Dataset) or not {"frames", "problem_id"} <= set(
+            dataset.column_names
+        ):
+            return dataset, None
+        ids = [str(pid) for pid in dataset["problem_id"]]
+        if len(set(ids)) != len(ids):
+            return dataset, None
+        # remove_columns is a view of the same Arrow table: nothing is written anywhere
+        source = cls(encoded_frames(dataset), {pid: i for i, pid in enumerate(ids)})
+        return dataset.remove_columns("frames"), source
+
+    def frames(self, row: dict[str, Any]) -> np.ndarray:
+        return read_frames(self.encoded, self.index[str(row["problem_id"])])
+
+
 def resolve_reward_funcs(
     specs: Sequence[str | Callable[..., list[float | None]]],
     params: dict[str, dict[str, Any]] | None = None,
@@ -155,6 +189,7 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         if args.reward_weights is not None and len(args.reward_weights) == len(reward_funcs):
             args.reward_weights = [*args.reward_weights, *([1.0] * len(shaping))]
         self._forward_visual: list[dict[str, torch.Tensor]] | None = None
+        train_dataset, self._frame_source = FrameSource.split(train_dataset)
         self.last_prompts: list[list[dict[str, Any]]] = []  # this process's latest prompts
         self._reset_rollout_state()
 
@@ -204,6 +239,23 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         self._augmenter = (
             DifficultyAugmenter(self.rl.augment, seed) if self.rl.augment.enabled else None
         )
+        self.vision_cache = self._attach_vision_cache()
+
+    def _attach_vision_cache(self) -> VisionEmbeddingCache | None:
+        # Attached whenever configured: the cache itself steps aside while the tower trains,
+        # so freezing after construction (or unfreezing mid-run) stays correct.
+        if self.rl.vision_cache_mb <= 0:
+            return None
+        models = [self.accelerator.unwrap_model(self.model)]
+        if getattr(self, "ref_model", None) is not None:  # shares entries while towers agree
+            models.append(self.accelerator.unwrap_model(self.ref_model))
+        models = [m for m in models if vision_tower(m) is not None]
+        if not models:
+            return None
+        cache = VisionEmbeddingCache(int(self.rl.vision_cache_mb * 2**20))
+        for model in models:
+            cache.attach(model)
+        return cache
 
     # ------------------------------------------------------------------ set-up checks
 
@@ -235,6 +287,9 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         group_size = self.num_generations if train else self.num_generations_eval
         self._reset_rollout_state()
         rows = [dict(row) for row in inputs]
+        for row in rows:
+            if "frames" not in row and self._frame_source is not None:
+                row["frames"] = self._frame_source.frames(row)
         augmentations = (
             self._plan_augmentations(rows, group_size) if train else [Augmentation()] * len(rows)
         )
@@ -265,7 +320,16 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
             self._update_augmenter(rows, group_size)
         if train and self.rl.dynamic_sampling:
             output = self._drop_zero_advantage_groups(output, group_size)
+        self._log_vision_cache()
         return output
+
+    def _log_vision_cache(self) -> None:
+        cache = self.vision_cache
+        if cache is None:
+            return
+        self._log("vision_cache/hit_rate", cache.stats.hit_rate)  # cumulative over the run
+        self._log("vision_cache/mib", cache.nbytes / 2**20)
+        self._log("vision_cache/bypassed_calls", cache.stats.bypassed)
 
     def _strip_logged_media(self) -> None:
         # TRL keeps the last prompts for its completion tables; frames make them heavy and

@@ -154,6 +154,10 @@ class RLConfig(TrainingSettings):
         shaping terms excluded), accuracy_reward (the reward whose value is "accuracy" for
         the temporal / length shaping).
     Seed, precision, logging and the trainer's own checkpoints (resume): `RunSettings`.
+    vision_cache_mb: memory bound of the vision-embedding cache
+        (vlmrl.models.vision_cache), in MiB on the training device; 0 turns it off. It is
+        used only while the vision tower is frozen (``freeze_vision``): the embeddings of a
+        video are then computed once and reused by generation and every log-prob forward.
     trainer_kwargs: any other GRPOConfig field, passed through unchanged.
     """
 
@@ -182,6 +186,7 @@ class RLConfig(TrainingSettings):
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    vision_cache_mb: float = 1024.0
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
