@@ -62,18 +62,23 @@ def synthetic_rows(n: int, frames: int, size: int) -> list[dict]:
 
 
 def run_one(algorithm: str, model_dir: str, args: dict, queue: mp.Queue) -> None:
-    """Child process: train `steps` steps, report per-step times and peak memory."""
+    """Child process: train `steps` steps, report per-step times and peak memory.
+
+    Optional `args` keys (bench_vision_cache): "rl" (RLConfig overrides), "freeze_vision",
+    "rows" (prompts in the dataset); the seconds spent in the vision tower are reported.
+    """
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
     from vlmrl.models import load_model
+    from vlmrl.models.loading import freeze_vision_tower
     from vlmrl.train.grpo import build_grpo_trainer
     from vlmrl.train.rl_config import RLConfig
 
     torch.set_num_threads(args["threads"])
-    rows = synthetic_rows(16, args["frames"], args["size"])
+    rows = synthetic_rows(args.get("rows", 16), args["frames"], args["size"])
     dataset = Dataset.from_list(rows)
 
     class StepTimer(TrainerCallback):
@@ -90,17 +95,25 @@ def run_one(algorithm: str, model_dir: str, args: dict, queue: mp.Queue) -> None
     device = "cuda" if torch.cuda.is_available() and not args["cpu"] else "cpu"
     loaded = load_model(model_dir, device=device)
     g = args["generations"]
-    config = RLConfig(
-        algorithm=algorithm,
-        num_generations=g,
-        per_device_train_batch_size=g,
-        max_completion_length=args["max_completion_length"],
-        max_steps=args["steps"],
-        learning_rate=1e-4,
-        beta=0.04,
-        seed=0,
-        trainer_kwargs={"disable_tqdm": True, "use_cpu": device == "cpu", "logging_strategy": "no"},
-    )
+    config = RLConfig(**{
+        "algorithm": algorithm,
+        "num_generations": g,
+        "per_device_train_batch_size": g,
+        "max_completion_length": args["max_completion_length"],
+        "max_steps": args["steps"],
+        "learning_rate": 1e-4,
+        "beta": 0.04,
+        "seed": 0,
+        "trainer_kwargs": {"disable_tqdm": True, "use_cpu": device == "cpu",
+                           "logging_strategy": "steps", "logging_steps": 1},
+        **args.get("rl", {}),
+    })
+    if args.get("freeze_vision"):
+        freeze_vision_tower(loaded.model)
+    vision_s = [0.0]
+    tower = loaded.model.model.visual
+    tower.register_forward_pre_hook(lambda *a: vision_s.append(-time.perf_counter()))
+    tower.register_forward_hook(lambda *a: vision_s.append(time.perf_counter()))
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         trainer = build_grpo_trainer(
@@ -110,9 +123,13 @@ def run_one(algorithm: str, model_dir: str, args: dict, queue: mp.Queue) -> None
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "algorithm": algorithm,
         "device": device,
+        "losses": losses,
+        "vision_s": sum(vision_s),
+        "train_s": sum(timer.times),
         "step_times": timer.times,
         "median_step_s": statistics.median(timer.times[1:] or timer.times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
