@@ -45,6 +45,7 @@ from vlmrl.recipes import Recipe
 from vlmrl.train.diagnostics import TRAIN_LOG
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
+from vlmrl.train.replicas import check_replicas, replica_report
 from vlmrl.train.resume import train_or_finish
 from vlmrl.train.sft import build_sft_trainer, select_families
 
@@ -258,6 +259,9 @@ def _run_stage(
     if checkpoint is not None:
         log.info("resuming %s training from %s", kind, checkpoint)
     metrics = train_or_finish(trainer, checkpoint)
+    if state.num_processes > 1:  # data-parallel replicas must agree before anything is saved
+        metrics["replicas"] = replica_report(trainer, getattr(trainer, "rows_seen", None))
+        check_replicas(metrics["replicas"], sharded=_sharded(trainer))
     if phases:
         metrics["curriculum"] = phases
         metrics["curriculum_steps"] = sum(p["global_step"] for p in phases)
@@ -389,6 +393,14 @@ def _phase_tracking(report_to: str | list[str], phase: int) -> Iterator[None]:
             mlflow.end_run(status)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not end the MLflow run of curriculum phase %d: %s", phase, exc)
+
+
+def _sharded(trainer: Any) -> bool:
+    """Whether processes hold different shards of the weights (FSDP, DeepSpeed ZeRO-3)."""
+    if trainer.is_fsdp_enabled:
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
 
 
 def _claim_work_dir(work: Path, run: dict[str, Any], resume: bool) -> None:

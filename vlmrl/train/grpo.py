@@ -191,6 +191,7 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
         self._forward_visual: list[dict[str, torch.Tensor]] | None = None
         train_dataset, self._frame_source = FrameSource.split(train_dataset)
         self.last_prompts: list[list[dict[str, Any]]] = []  # this process's latest prompts
+        self.rows_seen: list[str] = []  # problem ids this process rolled out in training
         self._reset_rollout_state()
 
         super().__init__(
@@ -310,6 +311,8 @@ class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
             self._forward_visual = None
 
         self.last_prompts = [row["prompt"] for row in rows]
+        if train:
+            self.rows_seen += [str(row.get("problem_id")) for row in rows[::group_size]]
         self._strip_logged_media()
         output["visual_rows"] = self._rollout_visual
         if len(rows) % group_size == 0:

@@ -1,0 +1,78 @@
+"""Two training processes through `accelerate launch` and the CLI, as a step pod runs them.
+
+DDP over gloo on CPU: `accelerate launch --multi_gpu` starts torch's elastic launcher, and
+without CUDA each process trains on the CPU (`--cpu` would start a single process).
+"""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vlmrl.lineage import read_manifest
+from vlmrl.models import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], tmp_path, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+               "-m", "vlmrl.cli", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                               "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def recipe_file(short_recipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "short.yaml"
+    path.write_text(yaml.safe_dump(short_recipe.to_dict()))
+    return path
+
+
+def test_two_process_rl_and_sft(recipe_file, stage_base, stage_sft, stage_frames, tmp_path):
+    # T-GRPO, G = 4, two groups per process and step: every statistic over groups must
+    # cover both processes' groups
+    rl_out = tmp_path / "rl"
+    launch(["train", "rl", "--recipe", str(recipe_file), "--sft", str(stage_sft),
+            "--frames", str(stage_frames["rl"]), "--out", str(rl_out),
+            "--set", "rl.max_steps=2", "--set", "rl.num_generations=4",
+            "--set", "rl.temporal.num_shuffled=2", "--set", "rl.per_device_train_batch_size=8",
+            "--set", "rl.save_strategy='no'"], tmp_path)
+    manifest = read_manifest(rl_out)
+    replicas = manifest["metrics"]["replicas"]
+    assert [r["rank"] for r in replicas] == [0, 1]
+    assert all(r["rows"] == 2 * 2 for r in replicas)  # 2 steps x 2 groups per process
+    assert replicas[0]["ids_sha256"] != replicas[1]["ids_sha256"]  # different data
+    assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]  # averaged gradients
+    assert manifest["metrics"]["global_step"] == 2
+    log = json.loads((rl_out / "train_log.json").read_text())
+    video_groups = [e["temporal/video_groups"] for e in log if "temporal/video_groups" in e]
+    assert video_groups and max(video_groups) > 2  # more groups than one process holds
+    load_model(rl_out)  # the saved checkpoint loads
+
+    sft_out = tmp_path / "sft"
+    launch(["train", "sft", "--recipe", str(recipe_file), "--base", str(stage_base),
+            "--frames", str(stage_frames["sft"]), "--out", str(sft_out),
+            "--set", "sft.max_steps=2", "--set", "sft.curriculum=[]",
+            "--set", "sft.save_strategy='no'"], tmp_path)
+    manifest = read_manifest(sft_out)
+    replicas = manifest["metrics"]["replicas"]
+    assert [r["rank"] for r in replicas] == [0, 1]
+    assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]
+    assert manifest["metrics"]["global_step"] == 2
+    load_model(sft_out)
