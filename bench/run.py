@@ -79,6 +79,17 @@ def _vision_cache(r: dict) -> list[Row]:
                 "same losses, faster", r["same_losses"] and r["speedup"] > 1.0)]
 
 
+def _gpu(r: dict) -> list[Row]:
+    target = "EasyR1: 1,600-2,000 tokens/s per H100"
+    if "skipped" in r:
+        return [Row("8. GRPO step of a 7B-shaped video VLM on one GPU", f"not measured: {r['skipped']}",
+                    target, None)]
+    return [Row("8. GRPO step of a 7B-shaped video VLM on one GPU",
+                f"{r['step_tokens_per_s']:,.0f} step tokens/s (rollout {r['rollout_tokens_per_s']:,.0f}/s, "
+                f"{100 * r['rollout_roofline_fraction']:.0f} % of the HBM roofline; step MFU "
+                f"{100 * r['mfu']['step']:.0f} %)", target, None)]
+
+
 # name -> (module in bench/, rows from its measure(); seconds allowed)
 MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "frames": ("bench_frames", _frames, 240),
@@ -87,6 +98,7 @@ MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "rewards": ("bench_rewards", _rewards, 240),
     "orchestration": ("bench_orchestration", _orchestration, 600),
     "vision_cache": ("bench_vision_cache", _vision_cache, 300),
+    "gpu": ("bench_gpu", _gpu, 600),
 }
 NOT_YET = [  # measures of issue 15 without a script yet: listed, never silently left out
     Row("6. data wait in SFT / RL steps", "not measured yet", "< 5 %", None),
