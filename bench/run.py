@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows))
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "make bench" + (" (--quick)" if args.quick else "")
-    RESULTS.write_text(json.dumps({"when": when, "machine": machine(), "quick": args.quick,
-                                   "seconds": round(time.perf_counter() - started, 1),
-                                   "rows": [asdict(r) for r in rows], "raw": raw}, indent=1) + "\n")
+    # a partial run (--only) keeps the last full run's files: it would replace them with a subset
+    out = RESULTS if not args.only else RESULTS.with_name("results.partial.json")
+    out.write_text(json.dumps({"when": when, "machine": machine(), "quick": args.quick,
+                               "seconds": round(time.perf_counter() - started, 1),
+                               "rows": [asdict(r) for r in rows], "raw": raw}, indent=1) + "\n")
     if not args.no_doc and not args.only:
         write_doc(rows, command, when)
-    print(f"\n{len(rows)} figures in {time.perf_counter() - started:.0f} s -> {RESULTS.relative_to(REPO)}")
+    print(f"\n{len(rows)} figures in {time.perf_counter() - started:.0f} s -> {out.relative_to(REPO)}")
     return 0
 
 
