@@ -150,6 +150,10 @@ class VisionEmbeddingCache:
         digest = xxhash.xxh3_128()
         for t in tensors:
             digest.update(_digest(t))
+        if any(t.numel() == 0 for t in tensors):
+            # partitioned parameters (DeepSpeed ZeRO-3) hold no data here: their digest
+            # cannot tell two towers apart, so entries stay with this tower alone
+            digest.update(str(id(tower)).encode())
         if known is not None:
             self.stats.invalidations += 1
         self._weights[id(tower)] = (signature, digest.digest())
