@@ -120,6 +120,7 @@ RULE_PATHS = {
     "SFTTrainConfig": "sft", "RLConfig": "rl", "TemporalConfig": "rl.temporal",
     "LengthBonusConfig": "rl.length_bonus", "RegressionConfig": "rl.regression",
     "AugmentConfig": "rl.augment", "EvalSection": "eval", "SFTPhase": "sft.curriculum[0]",
+    "LaunchSettings": "launch",
 }
 CANDIDATES = (-1, 0, -0.5, 1.5, 2**40, "bogus")
 

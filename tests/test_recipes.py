@@ -136,7 +136,7 @@ BAD = [
     ({"eval": {"benchmarks": ["synthetic", "mvbench"]}},
      "eval.benchmarks[1]: unknown benchmark 'mvbench'; data provides: synthetic"),
     ({"seed": "zero"}, "seed: expected an integer, got 'zero'"),
-    ({"colour": 1}, "colour: unknown key; valid: data, description, eval, frames, model, name"),
+    ({"colour": 1}, "colour: unknown key; valid: data, description, eval, frames, launch, model, name"),
 ]
 
 

@@ -13,6 +13,8 @@ dataclasses below and from the trainer configs, which are the single source of t
               (the SFT stage then only records a checkpoint linking to the base)
     rl        RLConfig fields (vlmrl.train.rl_config): algorithm, rewards, temporal, ...
     eval      EvalSection fields: benchmarks and decoding settings
+    launch    LaunchSettings fields: the accelerate config and process (GPU) count the batch
+              sizes were written for (default: one process, no accelerate config)
 
 Relative paths (annotations, media roots, model.path) are relative to the working
 directory of the run. A bad key or value raises RecipeError naming the file and the key
@@ -63,6 +65,7 @@ from vlmrl.train.sft import SFTPhase, SFTTrainConfig
 from vlmrl.train.training_args import RESERVED_SFT_KWARGS, RunSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ACCELERATE_DIR = CONFIG_DIR / "accelerate"  # shipped accelerate configs (ddp, fsdp, zero2, ...)
 SYNTHETIC_BENCHMARK = "synthetic"  # the synthetic data's held-out "bench" split
 
 
@@ -131,6 +134,57 @@ class ModelSettings:
 
 
 @dataclass
+class LaunchSettings:
+    """How the training stages are launched: `accelerate launch` with this config and this many
+    processes (one per GPU). The recipe's per-device batch sizes are written for it: the
+    effective batch is num_processes x per_device_train_batch_size x gradient_accumulation_steps.
+
+    accelerate_config: the name of a shipped config (``configs/accelerate/<name>.yaml``: ddp,
+    fsdp, zero2, zero3, zero3_offload) or the path of an accelerate config file; None: one
+    process, no accelerate launch needed. num_processes: passed as ``--num_processes``, which
+    overrides the file's default. gpu: the GPU the per-device batch sizes were sized for, in
+    words (e.g. "80 GB (A100 / H100)"); a statement for the reader, not checked.
+    """
+
+    accelerate_config: str | None = None
+    num_processes: int = 1
+    gpu: str | None = None
+
+    def config_file(self) -> Path | None:
+        """The accelerate config file: a shipped one by name, or the path as given."""
+        if self.accelerate_config is None:
+            return None
+        if _is_name(self.accelerate_config):
+            return ACCELERATE_DIR / f"{self.accelerate_config}.yaml"
+        return Path(self.accelerate_config)
+
+    def accelerate_args(self) -> list[str]:
+        """Arguments for ``accelerate launch`` before the script: the config file and the process
+        count, and for a shipped DeepSpeed config its JSON as an absolute path (accelerate reads
+        the file's repository-relative path from the directory the run starts in)."""
+        path = self.config_file()
+        if path is None:
+            return ["--num_processes", str(self.num_processes)]
+        args = ["--config_file", str(path.resolve()), "--num_processes", str(self.num_processes)]
+        if path.parent.resolve() == ACCELERATE_DIR.resolve():
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            ds_file = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+            if ds_file and not Path(ds_file).is_absolute():
+                args += ["--deepspeed_config_file", str(CONFIG_DIR.parent / ds_file)]
+        return args
+
+
+def _is_name(value: str) -> bool:
+    """A bare config name ("zero3"), not a path ("my/zero3.yaml", "zero3.yaml")."""
+    return "/" not in value and os.sep not in value and not Path(value).suffix
+
+
+def accelerate_config_names() -> list[str]:
+    """The accelerate configs shipped in configs/accelerate/."""
+    return sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml"))
+
+
+@dataclass
 class EvalSection(DecodingSettings):
     """Evaluation: which benchmarks, and how answers are decoded (`DecodingSettings`' fields;
     `generation(recipe.seed)` gives the runner's settings).
@@ -162,6 +216,7 @@ class Recipe:
     sft: SFTTrainConfig | None = field(default_factory=SFTTrainConfig)  # None: no SFT stage
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -240,8 +295,19 @@ class Recipe:
                                   f"expected one of {', '.join(schedulers)}")
         if self.eval.do_sample and self.eval.temperature == 0:
             raise ConfigError("eval.temperature", "must be > 0 when eval.do_sample is true")
+        self._check_launch()
         self._check_trainers()
         self._check_rewards()
+
+    def _check_launch(self) -> None:
+        launch = self.launch
+        name = launch.accelerate_config
+        if name is not None and _is_name(name) and name not in accelerate_config_names():
+            raise ConfigError("launch.accelerate_config", f"unknown accelerate config {name!r}; "
+                              f"shipped: {', '.join(accelerate_config_names())} (or give a path)")
+        if launch.num_processes > 1 and name is None:
+            raise ConfigError("launch.accelerate_config", f"needed for num_processes = "
+                              f"{launch.num_processes} (e.g. ddp, fsdp, zero2, zero3)")
 
     def _check_trainers(self) -> None:
         """RL batches hold whole prompt groups; pass-through trainer_kwargs are real TRL fields."""
@@ -313,6 +379,7 @@ VALUE_RULES: dict[type, dict[str, Rule]] = {
     TinyModelSpec: {f.name: POSITIVE for f in dataclasses.fields(TinyModelSpec)
                     if f.type in ("int", "float")},
     ModelSettings: {"threads": at_least(1)},
+    LaunchSettings: {"num_processes": at_least(1)},
     RunSettings: {"seed": SEED, "logging_steps": at_least(1), "save_steps": POSITIVE,
                   "save_total_limit": at_least(1), "save_strategy": _save_strategies()},
     SFTTrainConfig: _OPTIMISATION,
