@@ -1,7 +1,8 @@
-"""Two training processes through `accelerate launch` and the CLI, as a step pod runs them.
+"""Two training processes through the CLI, as a step pod runs them: `vlmrl train rl` with a
+recipe whose launch section asks for 2 processes re-runs itself under `accelerate launch`.
 
-DDP over gloo on CPU: `accelerate launch --multi_gpu` starts torch's elastic launcher, and
-without CUDA each process trains on the CPU (`--cpu` would start a single process).
+DDP over gloo on CPU: the shipped ddp config starts torch's elastic launcher, and without
+CUDA each process trains on the CPU (accelerate's `--cpu` would start a single process).
 """
 
 import json
@@ -24,16 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], tmp_path, processes: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-               "-m", "vlmrl.cli", *args]
+def launch(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vlmrl.cli", *args,
+               "--set", "launch.accelerate_config=ddp", "--set", "launch.num_processes=2"]
+    extra = f"--main_process_ip 127.0.0.1 --main_process_port {free_port()}"
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                               "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                               "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                               "VLMRL_ACCELERATE_ARGS": extra})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vlmrl: 2 processes: -m accelerate.commands.launch" in proc.stdout
     return proc
 
 

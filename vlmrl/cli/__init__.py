@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # a training command re-runs itself under `accelerate launch` with them
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:

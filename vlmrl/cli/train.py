@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import subprocess
+import sys
 from typing import Any
 
 from vlmrl.cli.options import assignments, recipe_from_args
@@ -26,11 +30,33 @@ def cmd_base(args: argparse.Namespace) -> int:
     return 0
 
 
+# set in every process that torchrun / accelerate launch starts
+_LAUNCHED_ENV = ("LOCAL_RANK", "WORLD_SIZE")
+
+
+def relaunch(args: argparse.Namespace, recipe: Any) -> int | None:
+    """Run this command again under ``accelerate launch`` when the recipe's launch section asks
+    for several processes and this process is not already one of them; its exit status, or
+    None when this process should train itself. The same command thus works on a laptop, in a
+    step pod and inside an explicit ``accelerate launch`` (multi-node) alike."""
+    launch = recipe.launch
+    if launch.num_processes <= 1 or not args.launch or any(k in os.environ for k in _LAUNCHED_ENV):
+        return None
+    extra = shlex.split(os.environ.get("VLMRL_ACCELERATE_ARGS", ""))  # e.g. --main_process_port
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch.accelerate_args(),
+               *extra, "-m", "vlmrl.cli", *args.argv]
+    print(f"vlmrl: {launch.num_processes} processes: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command)
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from vlmrl.stages.training import train_sft
 
+    recipe = recipe_from_args(args)
+    if (status := relaunch(args, recipe)) is not None:
+        return status
     tracking = assignments(args.tracking, "--tracking")
-    _report(train_sft(recipe_from_args(args), args.base, args.frames, args.out, tracking,
+    _report(train_sft(recipe, args.base, args.frames, args.out, tracking,
                       resume=args.resume, overwrite=args.overwrite), "sft")
     return 0
 
@@ -38,8 +64,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_rl(args: argparse.Namespace) -> int:
     from vlmrl.stages.training import train_rl
 
+    recipe = recipe_from_args(args)
+    if (status := relaunch(args, recipe)) is not None:
+        return status
     tracking = assignments(args.tracking, "--tracking")
-    _report(train_rl(recipe_from_args(args), args.sft, args.frames, args.out, tracking,
+    _report(train_rl(recipe, args.sft, args.frames, args.out, tracking,
                      resume=args.resume, overwrite=args.overwrite), "rl")
     return 0
 
@@ -59,6 +88,9 @@ def _training(p: argparse.ArgumentParser) -> None:
                    help="continue from the newest trainer checkpoint in <out>.work (default)")
     p.add_argument("--tracking", action="append", metavar="KEY=VALUE",
                    help="a tracking id recorded in lineage.json, e.g. mlflow_run_id=... ")
+    p.add_argument("--launch", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the recipe's launch.num_processes processes with accelerate "
+                        "launch (default); --no-launch trains in this process only")
 
 
 def add_train_commands(sub: Any) -> None:
