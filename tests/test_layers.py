@@ -1,7 +1,7 @@
 """The library's layering, pinned: every import (module level or inside a function) of every
 module under vlmrl/ goes down or sideways, never up.
 
-    0  vlmrl (the package), atomic, hashing, json_view  helpers everything may use
+    0  vlmrl (the package), atomic, hashing, json_view, storage  helpers everything may use
     1  data, rewards, models                          records, frames, rewards, model loading
     2  train, eval, lineage                           the algorithms, evaluation, the audit
     3  recipes                                        recipe files -> the train configs
@@ -24,7 +24,7 @@ import vlmrl
 
 ROOT = Path(vlmrl.__file__).parent
 LAYERS = (
-    ("vlmrl", "vlmrl.atomic", "vlmrl.hashing", "vlmrl.json_view"),
+    ("vlmrl", "vlmrl.atomic", "vlmrl.hashing", "vlmrl.json_view", "vlmrl.storage"),
     ("vlmrl.data", "vlmrl.rewards", "vlmrl.models"),
     ("vlmrl.train", "vlmrl.eval", "vlmrl.lineage"),
     ("vlmrl.recipes",),
