@@ -47,8 +47,12 @@ def _frames(r: dict) -> list[Row]:
 
 
 def _extract(r: dict) -> list[Row]:
+    # the ceiling: both cores busy with extraction's own CPU work (decode, confirm, encode,
+    # write) against the loop's decode alone; a figure under it is overhead, above it impossible
     return [Row(f"2. extraction, {r['cores']} cores vs bare 1-core decord loop ({name})",
-                f"{v['speedup_vs_bare_decord']:.2f}x", ">= 1.5x", v["speedup_vs_bare_decord"] >= 1.5)
+                f"{v['speedup_vs_bare_decord']:.2f}x (cold {v['speedup_cold']:.2f}x; CPU "
+                f"{v['split']['times_bare']:.2f}x the loop's, so at most {v['split']['ceiling']:.2f}x)",
+                ">= 1.5x", v["speedup_vs_bare_decord"] >= 1.5)
             for name, v in r["sets"].items()]
 
 

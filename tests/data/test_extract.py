@@ -127,9 +127,10 @@ def test_broken_media_rejected_not_fatal(fixtures_dir, tmp_path):
     assert "outside the media root" in reasons["link"]
 
 
-def test_crash_leaves_no_complete_looking_dataset(synth_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_crash_leaves_no_complete_looking_dataset(synth_dir, tmp_path, monkeypatch, workers):
     ann = synth_dir / "bench.json"
-    good = extract_dataset(ann, synth_dir, tmp_path / "out", SMALL, workers=1, progress=False)
+    good = extract_dataset(ann, synth_dir, tmp_path / "out", SMALL, workers=workers, progress=False)
     calls = {"n": 0}
     real_row = extract_mod._row
 
@@ -140,12 +141,12 @@ def test_crash_leaves_no_complete_looking_dataset(synth_dir, tmp_path, monkeypat
         return real_row(rec, media)
 
     monkeypatch.setattr(extract_mod, "_row", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        extract_dataset(ann, synth_dir, tmp_path / "new", SMALL, workers=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # (with a pool too: it is stopped, nothing left)
+        extract_dataset(ann, synth_dir, tmp_path / "new", SMALL, workers=workers, progress=False)
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):  # a failed rebuild over an existing dataset
-        extract_dataset(ann, synth_dir, tmp_path / "out", FrameOptions(), workers=1, progress=False,
-                        overwrite=True)
+        extract_dataset(ann, synth_dir, tmp_path / "out", FrameOptions(), workers=workers,
+                        progress=False, overwrite=True)
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging debris
     ds, manifest = load_frame_dataset(tmp_path / "out")  # the previous build is intact
@@ -178,3 +179,88 @@ def test_verify_detects_changed_dataset_file(synth_dir, tmp_path):
     arrow.write_bytes(bytes(data))
     problems = verify_frame_dataset(res.path)
     assert len(problems) == 1 and arrow.name in problems[0] and "changed" in problems[0]
+
+
+# -- the parallel build and the cheaper checks give what the plain ones give ------------------
+
+
+def test_parallel_build_is_byte_identical(synth_dir, tmp_path):
+    """This process and the pool share the files (largest first to the pool), and the
+    dataset is still written in annotation order, byte for byte as with one process."""
+    one = extract_dataset(synth_dir / "rl.json", synth_dir, tmp_path / "one", SMALL, workers=1,
+                          progress=False)
+    three = extract_dataset(synth_dir / "rl.json", synth_dir, tmp_path / "three", SMALL, workers=3,
+                            progress=False)
+    data = sorted(p.name for p in one.path.glob("data-*.arrow"))
+    assert data and data == sorted(p.name for p in three.path.glob("data-*.arrow"))
+    for name in data:
+        assert (one.path / name).read_bytes() == (three.path / name).read_bytes()
+    assert one.manifest["media"] == three.manifest["media"]
+    assert one.manifest["decoders"] == three.manifest["decoders"]
+    # where the time went, by step, summed over the processes (timings, not content)
+    assert {"hash", "decode", "encode", "write"} <= set(three.cpu_seconds)
+    assert all(v >= 0 for v in three.cpu_seconds.values())
+    assert "cpu_seconds" not in one.manifest and "seconds" not in one.manifest
+
+
+def _square(n: int) -> int:
+    return n * n
+
+
+def test_ordered_map_yields_in_input_order():
+    from vlmrl.data.extract import _OrderedMap
+
+    items = list(range(60))
+    costs = [(7 * k) % 13 for k in items]  # the pool takes the costly ones first
+    with _OrderedMap(_square, items, 3, costs=costs) as results:
+        assert list(results) == [k * k for k in items]
+    with _OrderedMap(_square, items[:1], 4) as results:  # one item: no pool at all
+        assert list(results) == [0]
+
+
+def test_repeated_pictures_counts_what_a_full_hash_counts():
+    import hashlib
+
+    from vlmrl.data.frames import _repeated_pictures
+
+    def by_hash(frames, indices):
+        first, repeats = {}, 0
+        for frame, index in zip(frames, indices, strict=True):
+            key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+            repeats += first.setdefault(key, index) != index
+        return repeats
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
+    near = base[1].copy()
+    near[47, 63, 2] ^= 1  # differs from base[1] off the coarse grid only
+    for picks, indices in [([0, 1, 2, 3], [0, 5, 10, 15]), ([0, 0, 1, 0], [0, 3, 6, 9]),
+                           ([0, 0, 0, 0], [0, 0, 0, 0]), ([1, 2, 1, 2, 1], [0, 1, 2, 3, 4])]:
+        frames = base[picks]
+        assert _repeated_pictures(frames, indices) == by_hash(frames, indices)
+    frames = np.stack([base[1], near, base[1]])
+    assert _repeated_pictures(frames, [0, 1, 2]) == by_hash(frames, [0, 1, 2]) == 1
+
+
+def test_pyav_confirms_a_still_scene_without_rgb(tmp_path, fixtures_dir):
+    """The in-order decode that confirms decord's repeated pictures makes RGB only when its
+    own pictures may repeat less: never for a still scene, always for a decord mis-seek."""
+    from vlmrl.data.frames import _decode_decord, _decode_pyav, _repeated_pictures
+    from vlmrl.doctor.cases_data import write_video
+
+    still = write_video(tmp_path / "still.mp4", still=True)
+    frames, _, _, indices, _ = _decode_decord(still, FrameOptions())
+    repeats = _repeated_pictures(frames, indices)
+    assert repeats == len(indices) - 1
+    assert _decode_pyav(still, FrameOptions(), beat=repeats)[0] is None
+    full = _decode_pyav(still, FrameOptions())
+    assert _repeated_pictures(full[0], full[3]) >= repeats  # so decord's frames are kept
+    assert decode_video(still, FrameOptions()).decoder == "decord"
+
+    hevc = fixtures_dir / "h265_video.mp4"  # decord seeks wrongly in it (test_bad_inputs)
+    frames, _, _, indices, _ = _decode_decord(hevc, FrameOptions())
+    repeats = _repeated_pictures(frames, indices)
+    confirmed = _decode_pyav(hevc, FrameOptions(), beat=repeats)
+    plain = _decode_pyav(hevc, FrameOptions())
+    assert confirmed[0] is not None and np.array_equal(confirmed[0], plain[0])
+    assert confirmed[1:] == plain[1:]

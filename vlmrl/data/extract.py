@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,18 @@ class FrameManifest(JsonView):
 
 @dataclass
 class ExtractResult:
-    """Where the dataset is and what went into it."""
+    """Where the dataset is and what went into it.
+
+    ``cpu_seconds``: where the build's CPU time went, summed over every process that
+    worked on it: "hash" (media files); for videos the steps of `decode_video` ("probe",
+    "decode", "confirm", "resize"); "image" (image load and resize); "encode" (PNG/JPEG);
+    "rejected" (media that failed after hashing); and "write" (Arrow rows, the saved
+    dataset, its file hashes, the manifest). Not in the manifest: timings are not content.
+    """
 
     path: Path
     manifest: FrameManifest
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -178,6 +187,7 @@ class _Media:
     frames: list[bytes] | None
     meta: dict[str, Any] | None
     error: str | None
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by stage, in its process
 
 
 def extract_dataset(
@@ -234,35 +244,43 @@ def extract_dataset(
         n_frames = 0
         decoders: dict[str, int] = {}
         kept = 0
-        from datasets.arrow_writer import ArrowWriter
+        cpu: dict[str, float] = {}  # by stage, summed over processes
+        writing = 0.0
+        # the pool starts on its first files now, while this process imports datasets
+        items = [(key, str(p), opts) for key, p in ordered]
+        with _OrderedMap(_process_media, items, workers,
+                         costs=[_file_size(p) for _, p in ordered]) as results:
+            from datasets.arrow_writer import ArrowWriter
 
-        results = _ordered_map(
-            _process_media, [(key, str(p), opts) for key, p in ordered], workers
-        )
-        cache: dict[tuple[str, str], _Media] = {}
-        with ArrowWriter(features=dataset_features(), path=str(arrow_tmp)) as writer:
-            bar = tqdm(total=len(row_keys), desc="extract frames", unit="sample", disable=not progress)
-            for row, rec, key in row_keys:
-                while key not in cache:
-                    media = next(results)
-                    cache[media.key] = media
-                    if media.sha256:
-                        media_hashes[media.key[0]] = media.sha256
-                    if media.frames is not None:
-                        decoders[media.meta["decoder"]] = decoders.get(media.meta["decoder"], 0) + 1
-                        n_frames += len(media.frames)
-                media = cache[key]
-                if media.error is not None:
-                    rejected.append(_reject(row, rec, "path", media.error))
-                else:
-                    writer.write(_row(rec, media))
-                    kept += 1
-                refcount[key] -= 1
-                if refcount[key] == 0:
-                    del cache[key]
-                bar.update(1)
-            bar.close()
-            writer.finalize()
+            cache: dict[tuple[str, str], _Media] = {}
+            with ArrowWriter(features=dataset_features(), path=str(arrow_tmp)) as writer:
+                bar = tqdm(total=len(row_keys), desc="extract frames", unit="sample", disable=not progress)
+                for row, rec, key in row_keys:
+                    while key not in cache:
+                        media = next(results)
+                        cache[media.key] = media
+                        for stage, spent in media.cpu_seconds.items():
+                            cpu[stage] = cpu.get(stage, 0.0) + spent
+                        if media.sha256:
+                            media_hashes[media.key[0]] = media.sha256
+                        if media.frames is not None:
+                            decoders[media.meta["decoder"]] = decoders.get(media.meta["decoder"], 0) + 1
+                            n_frames += len(media.frames)
+                    media = cache[key]
+                    if media.error is not None:
+                        rejected.append(_reject(row, rec, "path", media.error))
+                    else:
+                        t0 = time.process_time()
+                        writer.write(_row(rec, media))
+                        writing += time.process_time() - t0
+                        kept += 1
+                    refcount[key] -= 1
+                    if refcount[key] == 0:
+                        del cache[key]
+                    bar.update(1)
+                bar.close()
+                t0 = time.process_time()
+                writer.finalize()
 
         from datasets import Dataset
 
@@ -304,7 +322,8 @@ def extract_dataset(
             "frames_per_second": round(n_frames / elapsed, 1) if elapsed > 0 else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return ExtractResult(path=out, manifest=FrameManifest(manifest))
+        cpu["write"] = writing + time.process_time() - t0
+    return ExtractResult(path=out, manifest=FrameManifest(manifest), cpu_seconds=cpu)
 
 
 def fingerprint(
@@ -479,18 +498,41 @@ def _row(rec: Record, media: _Media) -> dict[str, Any]:
 def _process_media(task: tuple[tuple[str, str], str, FrameOptions]) -> _Media:
     """Worker: hash and decode one media file, encode its frames. Never raises on bad media."""
     key, path, opts = task
+    seconds: dict[str, float] = {}
+    t0 = time.process_time()
     try:
         sha = sha256_file(path)
     except OSError as exc:
         return _Media(key, None, None, None, f"{path}: cannot read ({exc})")
+    t1 = time.process_time()
+    seconds["hash"] = t1 - t0
     try:
-        decoded = load_image(path, opts) if key[1] == "image" else decode_video(path, opts)
+        if key[1] == "image":
+            decoded = load_image(path, opts)
+            seconds["image"] = time.process_time() - t1
+        else:
+            decoded = decode_video(path, opts, timings=seconds)
+        t2 = time.process_time()
         frames = _encode(decoded.frames, opts)
+        seconds["encode"] = time.process_time() - t2
     except (DecodeError, ValueError) as exc:
-        return _Media(key, sha, None, None, str(exc))
+        return _Media(key, sha, None, None, str(exc), _rejected(seconds, t1))
     except Exception as exc:  # noqa: BLE001 - whatever one file does, it costs its rows only
-        return _Media(key, sha, None, None, f"{path}: cannot decode ({type(exc).__name__}: {exc})")
-    return _Media(key, sha, frames, _meta(decoded), None)
+        return _Media(key, sha, None, None, f"{path}: cannot decode ({type(exc).__name__}: {exc})",
+                      _rejected(seconds, t1))
+    return _Media(key, sha, frames, _meta(decoded), None, seconds)
+
+
+def _rejected(seconds: dict[str, float], since: float) -> dict[str, float]:
+    """A failed file's steps after hashing, counted as one: "rejected"."""
+    return {"hash": seconds["hash"], "rejected": time.process_time() - since}
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _meta(d: DecodedVideo) -> dict[str, Any]:
@@ -518,23 +560,144 @@ def _encode(frames: np.ndarray, opts: FrameOptions) -> list[bytes]:
     return out
 
 
-def _ordered_map(fn: Callable[[Any], _Media], items: list[Any], workers: int | None) -> Iterator[_Media]:
-    """Map in worker processes, yielding in input order with a bounded window in flight."""
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    # forkserver: safe when the caller has threads (Dagster, tqdm monitors), cheap after start.
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        window: deque[Future[_Media]] = deque()
-        it: Iterable[Any] = iter(items)
-        for item in it:
-            window.append(pool.submit(fn, item))
-            if len(window) >= 4 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+# Imported once by the forkserver, so that each worker it forks starts with them loaded.
+_PRELOAD = ["__main__", "vlmrl.data.extract", "decord", "av"]
+
+
+def _started_worker() -> None:
+    """Runs in a new pool process: nothing to do, its start is the point."""
+
+
+class _OrderedMap(Iterator[_Media]):
+    """Map in ``workers`` processes, this one included, yielding in input order.
+
+    ``workers - 1`` pool processes take items, largest ``costs`` first among the next
+    ``lookahead`` not yet yielded (so one big file does not finish alone at the end),
+    each with a short queue while that stays within the pool's share of the costs left.
+    This process works on items too instead of waiting for the pool: the one it must
+    yield next when no process has started it, otherwise the smallest waiting one (so it
+    is soon back to keep the pool fed). The pool is started by a helper thread (a first
+    start boots the forkserver, which imports decord and PyAV: about half a second) and
+    takes items once it runs; until then this process works through them in order. The
+    results held for in-order yielding stay within the lookahead. A context manager:
+    leaving it cancels what has not started and waits for the pool to stop.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], _Media],
+        items: list[Any],
+        workers: int | None,
+        costs: Sequence[float] | None = None,
+    ) -> None:
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+        self._fn, self._items = fn, items
+        self._costs = list(costs) if costs is not None else [0] * len(items)
+        self._lookahead = max(32, 8 * workers)
+        self._workers, self._processes = workers, workers - 1
+        self._next = 0  # the next item to yield
+        self._started = [False] * len(items)
+        self._unstarted_cost = sum(self._costs)
+        self._futures: dict[int, Future[_Media]] = {}
+        self._done: dict[int, _Media] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready = threading.Event()  # set when the pool runs, or failed to start
+        self._start_error: BaseException | None = None
+        self._starter: threading.Thread | None = None
+        if workers > 1 and len(items) > 1:
+            self._starter = threading.Thread(target=self._start_pool, args=(workers - 1,),
+                                             name="vlmrl-extract-pool-start", daemon=True)
+            self._starter.start()
+
+    def _start_pool(self, processes: int) -> None:
+        try:
+            # forkserver: safe when the caller has threads (Dagster, tqdm monitors), cheap
+            # after its start.
+            ctx = multiprocessing.get_context("forkserver")
+            # added to what the caller may have asked for; no effect once the forkserver runs
+            asked = getattr(multiprocessing.forkserver._forkserver, "_preload_modules", ["__main__"])
+            ctx.set_forkserver_preload(list(dict.fromkeys([*asked, *_PRELOAD])))
+            self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=ctx)
+            self._pool.submit(_started_worker).result()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread instead
+            self._start_error = exc
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> _OrderedMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _waiting(self, pick: Callable[..., int]) -> int | None:
+        first = self._next
+        window = [k for k in range(first, min(len(self._items), first + self._lookahead))
+                  if not self._started[k]]
+        return pick(window, key=lambda k: self._costs[k]) if window else None
+
+    def _feed(self) -> None:
+        if not self._ready.is_set():
+            return
+        if self._start_error is not None:
+            raise RuntimeError("the extraction worker pool did not start") from self._start_error
+        assert self._pool is not None
+        while True:
+            live = [j for j, f in self._futures.items() if not f.done()]
+            if len(live) >= 4 * self._processes:
+                return
+            k = self._waiting(max)
+            if k is None:
+                return
+            if len(live) >= self._processes:
+                # Every pool process has an item; queue more (so none waits for this one to
+                # come back) only within the pool's share of what is left, else the pool's
+                # queue is the end of the build while this process has nothing to do.
+                in_pool = sum(self._costs[j] for j in live)
+                share = self._processes * (self._unstarted_cost + in_pool) / self._workers
+                if in_pool + self._costs[k] > share:
+                    return
+            self._mark_started(k)
+            self._futures[k] = self._pool.submit(self._fn, self._items[k])
+
+    def _mark_started(self, k: int) -> None:
+        self._started[k] = True
+        self._unstarted_cost -= self._costs[k]
+
+    def _run_here(self, k: int) -> None:
+        self._mark_started(k)
+        self._done[k] = self._fn(self._items[k])
+
+    def __next__(self) -> _Media:
+        i = self._next
+        if i >= len(self._items):
+            raise StopIteration
+        result = self._fn(self._items[i]) if self._starter is None and self._pool is None else self._get(i)
+        self._next += 1
+        return result
+
+    def _get(self, i: int) -> _Media:
+        while True:
+            self._feed()
+            if i in self._done:
+                return self._done.pop(i)
+            if i not in self._futures:  # nobody has started it: this process does
+                self._run_here(i)
+                continue
+            if self._futures[i].done():
+                return self._futures.pop(i).result()
+            k = self._waiting(min)
+            if k is None:
+                return self._futures.pop(i).result()
+            self._run_here(k)
 
 
 __all__ = [

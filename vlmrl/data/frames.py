@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,16 @@ class DecodedVideo:
         return len(set(self.frame_indices)) < len(self.frame_indices)
 
 
-def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
-    """Decode the sampled frames of a video, decord first, PyAV when decord fails."""
+def decode_video(
+    path: str | Path, opts: FrameOptions, *, timings: dict[str, float] | None = None
+) -> DecodedVideo:
+    """Decode the sampled frames of a video, decord first, PyAV when decord fails.
+
+    ``timings``, when given, gets CPU seconds added by step: "probe" (the container's
+    declared frame count), "decode" (decord, or PyAV when decord fails, with the checks),
+    "confirm" (PyAV's in-order decode of pictures decord repeats) and "resize".
+    """
+    started = time.process_time()
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
@@ -185,11 +194,18 @@ def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
         raise DecodeError(f"{path}: empty file (0 bytes)")
     reasons = []
     expected = _declared_frames(path)
+    probed = time.process_time()
+    confirming = None  # when PyAV's in-order decode started to confirm decord's pictures
     chosen = None
+    chosen_repeats = 0
     unconfirmed = False  # the chosen decode repeats pictures and no second decoder checked it
     for name, decoder in (("decord", _decode_decord), ("pyav", _decode_pyav)):
         try:
-            frames, fps, total, indices, stamps = decoder(path, opts)
+            if chosen is None:
+                frames, fps, total, indices, stamps = decoder(path, opts)
+            else:  # confirming decord's repeated pictures: PyAV's RGB only if it may repeat fewer
+                confirming = time.process_time()
+                frames, fps, total, indices, stamps = _decode_pyav(path, opts, beat=chosen_repeats)
             _check_decoded(frames, fps, indices, stamps)
         except Exception as exc:  # each backend has its own exception zoo
             reasons.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
@@ -207,7 +223,8 @@ def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
             chosen = (name, frames, fps, total, indices, stamps)
             # One picture for different frames: a still scene, or a decoder that could not
             # seek and "recovered" by repeating a frame. PyAV decodes in order, so it tells.
-            unconfirmed = name == "decord" and _repeated_pictures(frames, indices) > 0
+            chosen_repeats = _repeated_pictures(frames, indices)
+            unconfirmed = name == "decord" and chosen_repeats > 0
             if not unconfirmed:
                 break
             continue
@@ -215,22 +232,30 @@ def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
             reasons.append(f"{name}: reads only {total} of about {expected} frames")
             continue
         unconfirmed = False
-        if _repeated_pictures(frames, indices) < _repeated_pictures(chosen[1], chosen[4]):
+        # frames is None: PyAV's own pictures repeat at least as often (no RGB was made)
+        if frames is not None and _repeated_pictures(frames, indices) < chosen_repeats:
             chosen = (name, frames, fps, total, indices, stamps)
     if chosen is None:
         raise DecodeError(f"{path}: cannot decode video ({'; '.join(reasons)})")
     if unconfirmed:
         raise DecodeError(
             f"{path}: decord returns the same picture for different frames "
-            f"({_repeated_pictures(chosen[1], chosen[4])} of {len(chosen[4])} sampled, at "
+            f"({chosen_repeats} of {len(chosen[4])} sampled, at "
             f"{chosen[2]:.4g} fps), as decoders do when they cannot seek; the in-order decode "
             f"that would tell a still scene failed ({'; '.join(reasons)})"
         )
     name, frames, fps, total, indices, stamps = chosen
     src_h, src_w = frames.shape[1], frames.shape[2]
     h, w = smart_resize(src_h, src_w, opts.min_pixels, video_max_pixels(opts, len(indices)))
+    decoded = time.process_time()
+    resized = resize_frames(frames, h, w)
+    if timings is not None:
+        mid = decoded if confirming is None else confirming
+        for step, spent in (("probe", probed - started), ("decode", mid - probed),
+                            ("confirm", decoded - mid), ("resize", time.process_time() - decoded)):
+            timings[step] = timings.get(step, 0.0) + spent
     return DecodedVideo(
-        frames=resize_frames(frames, h, w),
+        frames=resized,
         fps=float(fps),
         num_source_frames=int(total),
         frame_indices=indices,
@@ -240,10 +265,15 @@ def decode_video(path: str | Path, opts: FrameOptions) -> DecodedVideo:
     )
 
 
-def _check_decoded(frames: np.ndarray, fps: float, indices: list[int], stamps: list[float]) -> None:
+def _check_decoded(
+    frames: np.ndarray | None, fps: float, indices: list[int], stamps: list[float]
+) -> None:
     """Refuse a decode whose shape or clock is wrong: frames that cannot be placed in time
-    would be stored as a video that is not the one on disk."""
-    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+    would be stored as a video that is not the one on disk. (None: PyAV's confirming decode
+    made no RGB; its frames are of one size, so they would stack as [T, H, W, 3].)"""
+    if frames is not None and (
+        frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3
+    ):
         raise DecodeError(f"unexpected frame array shape {frames.shape}")
     if not (math.isfinite(fps) and fps > 0):
         raise DecodeError(f"frame rate {fps} is not a positive finite number")
@@ -259,11 +289,41 @@ def _check_decoded(frames: np.ndarray, fps: float, indices: list[int], stamps: l
 
 
 def _repeated_pictures(frames: np.ndarray, indices: list[int]) -> int:
-    """How many sampled frames are pixel-identical to the frame of a different source index."""
-    first_index: dict[bytes, int] = {}
+    """How many sampled frames are pixel-identical to the frame of a different source index.
+
+    Frames are compared in full only when a coarse grid of their pixels matches, so
+    different pictures (the common case) cost a few thousand bytes each, not a hash of
+    every pixel.
+    """
+    seen: dict[bytes, list[tuple[np.ndarray, int]]] = {}  # grid -> (picture, first index)
     repeats = 0
     for frame, index in zip(frames, indices, strict=True):
-        key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+        grid = frame[:: max(1, frame.shape[0] // 16), :: max(1, frame.shape[1] // 16)].tobytes()
+        pictures = seen.setdefault(grid, [])
+        for picture, first in pictures:
+            if np.array_equal(picture, frame):
+                repeats += first != index
+                break
+        else:
+            pictures.append((frame, index))
+    return repeats
+
+
+def _raw_repeats(frames: list[Any], indices: list[int]) -> int:
+    """`_repeated_pictures` on decoded PyAV frames before any RGB conversion.
+
+    Frames with the same decoded planes (and format, size, colour properties) convert to
+    the same RGB, and the same source index is the same frame, so this is never more than
+    the count on the RGB frames: when it is not below a bound, neither is that one.
+    """
+    first_index: dict[tuple[Any, ...], int] = {}
+    repeats = 0
+    for frame, index in zip(frames, indices, strict=True):
+        digest = hashlib.blake2b(digest_size=16)
+        for plane in frame.planes:
+            digest.update(plane)
+        key = (frame.format.name, frame.width, frame.height, getattr(frame, "colorspace", None),
+               getattr(frame, "color_range", None), digest.digest())
         if first_index.setdefault(key, index) != index:
             repeats += 1
     return repeats
@@ -363,7 +423,10 @@ def _decode_decord(path: Path, opts: FrameOptions):
     return frames, fps, total, indices, stamps
 
 
-def _decode_pyav(path: Path, opts: FrameOptions):
+def _decode_pyav(path: Path, opts: FrameOptions, beat: int | None = None):
+    """In-order decode of the sampled frames. With ``beat`` (the repeated pictures of a
+    decode to confirm), frames is None when PyAV's own repeat at least as often: its RGB
+    would not be used, so it is not made."""
     import av
 
     with av.open(str(path)) as container:
@@ -387,20 +450,29 @@ def _decode_pyav(path: Path, opts: FrameOptions):
         for pos, idx in enumerate(indices):
             wanted.setdefault(idx, []).append(pos)
         container.seek(0, stream=stream)
-        frames: list[np.ndarray | None] = [None] * len(indices)
+        kept: list[Any] = [None] * len(indices)  # the decoded frames, converted once below
+        rgb: dict[int, np.ndarray] = {}  # by id() of a kept frame
         stamps = [0.0] * len(indices)
         first_time = None
         for i, frame in enumerate(container.decode(stream)):
             if first_time is None:
                 first_time = frame.time or 0.0
             if i in wanted:
-                rgb = frame.to_ndarray(format="rgb24")
+                if i == indices[0]:  # a frame RGB cannot be made from fails here, as it did
+                    rgb[id(frame)] = frame.to_ndarray(format="rgb24")
                 for pos in wanted[i]:
-                    frames[pos] = rgb
+                    kept[pos] = frame
                     stamps[pos] = round(float((frame.time or 0.0) - first_time), 6)
             if i >= indices[-1]:
                 break
-    missing = [indices[p] for p, f in enumerate(frames) if f is None]
-    if missing:
-        raise DecodeError(f"stream ended before frames {missing[:5]} (counted {total} packets)")
-    return np.stack(frames), fps, total, indices, stamps  # type: ignore[arg-type]
+        missing = [indices[p] for p, f in enumerate(kept) if f is None]
+        if missing:
+            raise DecodeError(f"stream ended before frames {missing[:5]} (counted {total} packets)")
+        one_size = len({(f.width, f.height) for f in kept}) == 1  # else the stack below fails
+        if beat is not None and one_size and _raw_repeats(kept, indices) >= beat:
+            return None, fps, total, indices, stamps
+        for f in kept:
+            if id(f) not in rgb:
+                rgb[id(f)] = f.to_ndarray(format="rgb24")
+        frames = [rgb[id(f)] for f in kept]
+    return np.stack(frames), fps, total, indices, stamps
