@@ -59,6 +59,7 @@ from vlmrl.models.vision_cache import VisionEmbeddingCache, vision_tower
 from vlmrl.rewards import get_reward
 from vlmrl.rewards.shaping import length_bonus
 from vlmrl.train.augment import Augmentation, DifficultyAugmenter
+from vlmrl.train.data_wait import DataWaitMixin
 from vlmrl.train.groups import (
     group_ids,
     select_informative_groups,
@@ -150,7 +151,7 @@ def resolve_reward_funcs(
     return [get_reward(s, **params.get(s, {})) if isinstance(s, str) else s for s in specs]
 
 
-class VideoGRPOTrainer(ConvertedResumeMixin, GRPOTrainer):
+class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
     """GRPO / T-GRPO / Reg-GRPO on frame datasets mixing images and videos.
 
     The train dataset is a frame dataset (vlmrl.data): rows with problem, problem_type,

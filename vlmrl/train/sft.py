@@ -4,7 +4,7 @@ Each row becomes a conversational prompt/completion pair: the prompt is `build_p
 (frames inline, images and videos mixed freely in one run), the completion is the row's
 CoT (`process`) followed by its `solution`. Only completion tokens carry loss (the
 Video-R1 reference trains on the prompt too; we do not). Frames come from the dataset, so
-nothing is decoded during training.
+no video is decoded during training, only the stored PNG/JPEG frames (`sft_dataset`).
 
 TRL 1.16's vision collator passes only images to the processor for prompt/completion data,
 so a video prompt fails there; `VisionSFTCollator` is our replacement: it encodes prompts
@@ -27,10 +27,12 @@ from datasets import Dataset
 from transformers import PreTrainedModel, ProcessorMixin
 from trl import SFTConfig, SFTTrainer
 
+from vlmrl.data.extract import decode_frames, encoded_frames
 from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
 from vlmrl.models.saving import save_model_dir
+from vlmrl.train.data_wait import DataWaitMixin
 from vlmrl.train.prompts import PromptConfig, build_prompt, sft_target
 from vlmrl.train.resume import ConvertedResumeMixin
 from vlmrl.train.training_args import FIXED_SFT_KWARGS, TrainingSettings, training_kwargs
@@ -130,20 +132,40 @@ def select_families(frames: Dataset, families: Sequence[str]) -> Dataset:
 def sft_dataset(
     frames: Dataset, prompt: PromptConfig | None = None, require_process: bool = False
 ) -> Dataset:
-    """The frame dataset viewed (lazily, no copy) as SFT prompt/completion examples."""
+    """The frame dataset viewed (lazily, no copy) as SFT prompt/completion examples.
+
+    The view is an in-memory dataset of row positions whose transform reads the rows it is
+    asked for: the frames straight from their stored bytes into one [T, H, W, 3] array per
+    row (`vlmrl.data.extract.decode_frames`: the pixels datasets' Image feature gives, without
+    a PIL image per frame), the other columns through datasets. This is the SFT dataloader's
+    work (see vlmrl.train.data_wait); `sft_example` on a datasets row gives the same example.
+    """
     if require_process:
         # in memory: a cache file in the dataset's folder would break its content hash
         frames = frames.filter(lambda p: bool(p and p.strip()), input_columns="process",
                                keep_in_memory=True)
     if len(frames) == 0:
         raise ValueError("no SFT rows left (require_process drops rows without a CoT trace)")
+    columns = frames.select_columns([c for c in frames.column_names if c != "frames"])
+    stored = encoded_frames(frames)
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        n = len(next(iter(batch.values())))
-        examples = [sft_example({k: v[i] for k, v in batch.items()}, prompt) for i in range(n)]
+        positions = batch["row"]
+        rows = columns[positions]
+        bytes_lists = stored[positions].column(0).to_pylist()  # per row: [{bytes, path}, ...]
+        examples = []
+        for i, encoded in enumerate(bytes_lists):
+            row = {k: v[i] for k, v in rows.items()}
+            if any(f["bytes"] is None for f in encoded):  # stored by path: datasets opens it
+                row["frames"] = frames[positions[i]]["frames"]
+            else:
+                video = decode_frames(encoded)
+                # writable, as the old path's arrays were (torch warns on read-only numpy input)
+                row["frames"] = video if video.flags.writeable else video.copy()
+            examples.append(sft_example(row, prompt))
         return {k: [ex[k] for ex in examples] for k in ("prompt", "completion", "images")}
 
-    return frames.with_transform(transform)
+    return Dataset.from_dict({"row": list(range(len(frames)))}).with_transform(transform)
 
 
 @dataclass
@@ -197,8 +219,9 @@ class VisionSFTCollator:
         }
 
 
-class VisionSFTTrainer(ConvertedResumeMixin, SFTTrainer):
-    """TRL's SFTTrainer whose resume restores the model weights (see vlmrl.train.resume)."""
+class VisionSFTTrainer(DataWaitMixin, ConvertedResumeMixin, SFTTrainer):
+    """TRL's SFTTrainer whose resume restores the model weights (see vlmrl.train.resume)
+    and whose logs carry the dataloader's share of step time (vlmrl.train.data_wait)."""
 
 
 def build_sft_trainer(
