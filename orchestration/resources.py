@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource, StaticPartitionsDefinition
 
 DEFAULT_RECIPE = "tiny-cpu"
+# RecipeResource.load's last recipe: (file, its bytes, overrides) -> the validated Recipe.
+_LOADED: dict[tuple[str, bytes, str], Any] = {}
 
 
 def default_artifact_root() -> str:
@@ -30,7 +34,13 @@ class ArtifactStore(ConfigurableResource):
     root: str = "artifacts"
 
     def path(self, *parts: str) -> Path:
-        p = Path(self.root).joinpath(*parts)
+        if "://" in self.root and not self.root.startswith("file://"):
+            # Path("s3://b/p") is the local directory "s3:/b/p": refuse, never write there
+            raise ValueError(
+                f"VLMRL_ARTIFACTS={self.root!r}: the Dagster assets write to a local or mounted "
+                "directory only (object storage: vlmrl.storage, not wired into the assets "
+                "yet; see docs/deploy.md section 5)")
+        p = Path(self.root.removeprefix("file://")).joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -60,9 +70,19 @@ class RecipeResource(ConfigurableResource):
     overrides: str = ""
 
     def load(self):
-        from vlmrl.recipes import load_recipe
+        """The recipe, read and validated once per file content and overrides; each call
+        gets its own copy (every asset of a run loads it, and a stage may change its copy)."""
+        from vlmrl.recipes import load_recipe, recipe_path
 
-        return load_recipe(self.recipe, json.loads(self.overrides) if self.overrides else None)
+        path = recipe_path(self.recipe)
+        key = (str(path.resolve()), path.read_bytes(), self.overrides)
+        recipe = _LOADED.get(key)
+        if recipe is None:
+            recipe = load_recipe(self.recipe, json.loads(self.overrides) if self.overrides else None)
+            if path.read_bytes() == key[1]:  # not cached if the file changed while it was read
+                _LOADED.clear()  # one entry: the recipe of this process's runs
+                _LOADED[key] = recipe
+        return copy.deepcopy(recipe)
 
     def benchmark_partitions(self) -> StaticPartitionsDefinition:
         """One partition per benchmark the recipe evaluates on (the per-benchmark assets')."""

@@ -47,6 +47,9 @@ TRUNCATED = "...[truncated]"
 TRACKING_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 log = logging.getLogger(__name__)
 MAX_PROBLEMS_SHOWN = 20  # in an asset's metadata
+# How long MLflow's async logging thread gathers batches before writing them (see _pinned).
+ASYNC_BUFFERING = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
+ASYNC_BUFFERING_S = 1
 
 
 def default_tracking_uri() -> str:
@@ -114,6 +117,15 @@ class TrackedRun:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """Dagster metadata: the run's id and link, and the tracking failures so far.
+
+        MLflow's async batches (the trainer callback's) are flushed first, so that a batch
+        still buffered when the asset builds its result has failed or landed by then
+        (quick inside ``start_run``: see ``MlflowTracker._pinned``)."""
+        uri = self.env.get("MLFLOW_TRACKING_URI")
+        if uri and os.environ.get("MLFLOW_TRACKING_URI") == uri:  # MLflow points at this run's store
+            with self.guard("flushing the async logging"):
+                mlflow.flush_async_logging()
         meta = {"mlflow_run_id": self.run_id, "mlflow_run_url": MetadataValue.url(self.url)}
         if self.problems:  # a dead store fails every batch of a long run: show the first ones
             shown = [f"- {p}" for p in self.problems[:MAX_PROBLEMS_SHOWN]]
@@ -276,13 +288,17 @@ class MlflowTracker(ConfigurableResource):
                 status = "FINISHED"
             finally:
                 _ACTIVE.reset(token)
+                ended = False
                 with run.guard("ending the run"):
                     active = mlflow.active_run()
                     if active is not None and active.info.run_id == run_id:
                         mlflow.end_run(status)  # also flushes the callback's async logging
-                # Always: a subprocess resuming the run may have ended it with its own status.
-                with run.guard("recording the run's status"):
-                    client.set_terminated(run_id, status)
+                        ended = True  # end_run recorded `status` (over a subprocess's own)
+                # Else something in-process ended it, or the store failed: a subprocess
+                # resuming the run may have ended it with its own status, so record ours.
+                if not ended:
+                    with run.guard("recording the run's status"):
+                        client.set_terminated(run_id, status)
                 mlflow_log.removeHandler(handler)
 
     def log_checkpoint(self, run: TrackedRun, path: str, name: str,
@@ -337,9 +353,14 @@ class MlflowTracker(ConfigurableResource):
         """Point MLflow's fluent API (and child processes) at this store, then restore."""
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        http = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_max_retries),
-                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout_s)}
-        http = {k: os.environ.get(k, v) for k, v in http.items()}
-        with _environ(MLFLOW_TRACKING_URI=self.uri, **http), _use_tracking_uri(self.uri):
+        settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_max_retries),
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout_s),
+                    # MLflow's async logging thread (the trainer callback's batches) otherwise
+                    # blocks on its queue for up to 1 s, and end_run waits for it: ~1 s idle
+                    # per trained stage. Buffering waits on the stop event instead, which
+                    # end_run sets, so the thread drains at once.
+                    ASYNC_BUFFERING: str(ASYNC_BUFFERING_S)}
+        settings = {k: os.environ.get(k, v) for k, v in settings.items()}  # the user's win
+        with _environ(MLFLOW_TRACKING_URI=self.uri, **settings), _use_tracking_uri(self.uri):
             yield
 

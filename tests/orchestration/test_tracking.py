@@ -24,7 +24,14 @@ from dagster import (
 )
 from mlflow import MlflowClient
 
-from orchestration.tracking import MlflowTracker, TrackedRun, flatten_params, is_secret
+from orchestration.tracking import (
+    ASYNC_BUFFERING,
+    ASYNC_BUFFERING_S,
+    MlflowTracker,
+    TrackedRun,
+    flatten_params,
+    is_secret,
+)
 
 PARTS = StaticPartitionsDefinition(["synthetic"])
 RECIPE = {
@@ -73,6 +80,8 @@ def tiny_checkpoint(context: AssetExecutionContext, tracker: MlflowTracker) -> M
     out = Path(tracker.uri.removeprefix("sqlite:///")).parent / "ckpt"
     with tracker.start_run(context, params=RECIPE, tags={"recipe": "tiny-cpu"}) as run:
         assert "MLFLOW_RUN_ID" not in os.environ  # see orchestration/tracking.py
+        # the async logging thread waits on its stop event, not on its queue (end_run, see _pinned)
+        assert os.environ[ASYNC_BUFFERING] == str(ASYNC_BUFFERING_S)
         mlflow.log_metric("fluent_metric", 1.5)
         train_tiny(out)
         subprocess.run([sys.executable, "-c", CHILD], env={**os.environ, **run.env}, check=True,
@@ -120,6 +129,7 @@ def test_materialization_runs_are_tracked(tracker, tmp_path):
         meta = instance.get_latest_materialization_event(
             AssetKey("tiny_checkpoint")).asset_materialization.metadata
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before and mlflow.active_run() is None
+    assert ASYNC_BUFFERING not in os.environ
 
     client = MlflowClient(tracker.uri)
     run_id = meta["mlflow_run_id"].value
@@ -214,3 +224,17 @@ def test_reported_problems_are_bounded_in_the_metadata():
     shown = run.metadata["mlflow_problems"].value.splitlines()
     assert shown[0] == "- batch 0 failed" and shown[19] == "- batch 19 failed"
     assert shown[20] == "- ... and 30 more" and len(shown) == 21
+
+
+def test_users_async_buffering_wins(tracker, monkeypatch):
+    monkeypatch.setenv(ASYNC_BUFFERING, "3")
+    seen = []
+
+    @asset
+    def buffered(context: AssetExecutionContext, tracker: MlflowTracker) -> None:
+        with tracker.start_run(context):
+            seen.append(os.environ[ASYNC_BUFFERING])
+
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([buffered], instance=instance, resources={"tracker": tracker}).success
+    assert seen == ["3"] and os.environ[ASYNC_BUFFERING] == "3"
