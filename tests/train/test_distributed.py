@@ -25,15 +25,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+def launch(args: list[str], tmp_path, config: str = "ddp", ok: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "vlmrl.cli", *args,
-               "--set", "launch.accelerate_config=ddp", "--set", "launch.num_processes=2"]
+               "--set", f"launch.accelerate_config={config}", "--set", "launch.num_processes=2"]
     extra = f"--main_process_ip 127.0.0.1 --main_process_port {free_port()}"
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
                                "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                                "VLMRL_ACCELERATE_ARGS": extra})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     assert "vlmrl: 2 processes: -m accelerate.commands.launch" in proc.stdout
     return proc
 
@@ -77,3 +77,22 @@ def test_two_process_rl_and_sft(recipe_file, stage_base, stage_sft, stage_frames
     assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]
     assert manifest["metrics"]["global_step"] == 2
     load_model(sft_out)
+
+
+def test_fsdp_on_cpu_is_refused_not_run_as_ddp(recipe_file, stage_sft, stage_frames, tmp_path):
+    """accelerate applies FSDP on GPUs only: on CPU the Trainer would silently wrap the model in
+    DDP. The stage refuses before training, and no checkpoint appears. (The shipped fsdp.yaml
+    stops even earlier on CPU: torch refuses its sync_module_states there; this copy turns that
+    off so that the run reaches the trainer.)"""
+    from vlmrl.recipes import ACCELERATE_DIR
+
+    config = yaml.safe_load((ACCELERATE_DIR / "fsdp.yaml").read_text())
+    config["fsdp_config"].update(fsdp_sync_module_states=False, fsdp_cpu_ram_efficient_loading=False)
+    path = tmp_path / "fsdp-cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "rl"
+    proc = launch(["train", "rl", "--recipe", str(recipe_file), "--sft", str(stage_sft),
+                   "--frames", str(stage_frames["rl"]), "--out", str(out),
+                   "--set", "rl.max_steps=1"], tmp_path, config=str(path), ok=False)
+    assert "asks for FSDP but the trainer runs MULTI_CPU" in proc.stderr, proc.stderr[-4000:]
+    assert not (out / "lineage.json").exists()

@@ -45,7 +45,7 @@ from vlmrl.recipes import Recipe
 from vlmrl.train.diagnostics import TRAIN_LOG
 from vlmrl.train.grpo import build_grpo_trainer
 from vlmrl.train.prompts import tokenizer_corpus
-from vlmrl.train.replicas import check_replicas, replica_report
+from vlmrl.train.replicas import check_engine, check_replicas, replica_report
 from vlmrl.train.resume import train_or_finish
 from vlmrl.train.sft import build_sft_trainer, select_families
 
@@ -256,6 +256,7 @@ def _run_stage(
     loaded = _load_for_training(recipe, config, start)
     trainer = build_trainer(loaded.model, loaded.processor, dataset, work, config,
                             callbacks=callbacks)
+    check_engine(trainer)
     if checkpoint is not None:
         log.info("resuming %s training from %s", kind, checkpoint)
     metrics = train_or_finish(trainer, checkpoint)

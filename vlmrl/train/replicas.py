@@ -13,6 +13,7 @@ digests are recorded but not compared.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,3 +53,23 @@ def check_replicas(report: Sequence[dict[str, Any]], sharded: bool) -> None:
         ranks = ", ".join(f"rank {r['rank']}: {r['weights_sha256'][:12]}" for r in report)
         raise RuntimeError(f"the training processes ended with different weights ({ranks}): "
                            "data-parallel replicas diverged, the checkpoint is not saved")
+
+
+# what `accelerate launch` sets for a config's engine -> the trainer's flag that it took effect
+_ENGINES = {"ACCELERATE_USE_FSDP": ("FSDP", "is_fsdp_enabled"),
+            "ACCELERATE_USE_DEEPSPEED": ("DeepSpeed", "is_deepspeed_enabled")}
+
+
+def check_engine(trainer: Any) -> None:
+    """Raise when the launch config asked for FSDP / DeepSpeed and the trainer runs without it.
+
+    accelerate applies neither on CPU (with ``use_cpu`` its state is MULTI_CPU and the
+    Trainer wraps the model in DDP), so such a run would train with full replicas while its
+    config says sharded: refuse rather than report the wrong engine.
+    """
+    for env, (engine, flag) in _ENGINES.items():
+        if os.environ.get(env, "").lower() in ("1", "true") and not getattr(trainer, flag):
+            mode = trainer.accelerator.distributed_type.value
+            raise RuntimeError(f"the accelerate config asks for {engine} but the trainer runs "
+                               f"{mode} (accelerate applies {engine} on GPUs only; on CPU use "
+                               "the ddp config)")
