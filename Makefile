@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	# this one step ignores local pip config and takes the registry's build (it runs on CPU).
 	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip install torch==2.13.0 torchvision==0.28.0
 	$(BIN)/pip install -e '.[dev]'
+	# object storage after the rest (see the s3 extra in pyproject.toml)
+	$(BIN)/pip install -e '.[dev,s3]'
 	# DeepSpeed (the ZeRO configs' validation) builds from source against the torch above:
 	# no build isolation, no compiled ops (they are built on first use on a GPU machine).
 	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation 'deepspeed==0.19.*'

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -352,7 +353,11 @@ def test_ddp_config_starts_two_processes_in_one_group(tmp_path):
         print(f"rank {state.process_index} world {state.num_processes} sum {int(total)}", flush=True)
     """))
     accelerate = Path(sys.executable).with_name("accelerate")
+    with socket.socket() as sock:  # a free port: never 29500, which another run may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     run = subprocess.run([str(accelerate), "launch", *LaunchSettings("ddp", 2).accelerate_args(),
+                          "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                           str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     # (the two processes' lines may interleave)

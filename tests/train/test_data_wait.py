@@ -61,7 +61,7 @@ def test_sft_logs_data_wait_and_it_grows_with_a_slow_dataloader(tiny_rl_model_di
         assert 0.0 <= e[data_wait.FRACTION] <= 1.0
         assert 0.0 < e[data_wait.WAIT_SECONDS] <= e[data_wait.STEP_SECONDS]
         assert e[data_wait.FRACTION] == pytest.approx(
-            e[data_wait.WAIT_SECONDS] / e[data_wait.STEP_SECONDS], rel=1e-3, abs=1e-5)
+            e[data_wait.WAIT_SECONDS] / e[data_wait.STEP_SECONDS], rel=2e-2, abs=1e-4)  # logged rounded
     assert 0.0 <= metrics[data_wait.RUN_FRACTION] <= 1.0  # the whole train() call
     assert metrics[data_wait.RUN_SECONDS] == pytest.approx(
         sum(e[data_wait.WAIT_SECONDS] for e in logs), rel=1e-2, abs=1e-3)
