@@ -105,6 +105,13 @@ def _datawait(r: dict) -> list[Row]:
                 "< 5 %", rl["data_wait_fraction"] < 0.05)]
 
 
+def _ddp(r: dict) -> list[Row]:
+    # issue 16's figure: no target, the path must scale at all (tiny model: overhead-bound)
+    return [Row(f"2 DDP processes vs 1, GRPO step at global batch {r['global_batch']} (tiny, CPU)",
+                f"{r['speedup']:.2f}x ({r['step_s_1']:.3f} s -> {r['step_s_2']:.3f} s)", "> 1x",
+                r["speedup"] > 1.0)]
+
+
 # name -> (module in bench/, rows from its measure(); seconds allowed)
 MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "frames": ("bench_frames", _frames, 240),
@@ -114,6 +121,7 @@ MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "datawait": ("bench_datawait", _datawait, 300),
     "orchestration": ("bench_orchestration", _orchestration, 600),
     "vision_cache": ("bench_vision_cache", _vision_cache, 300),
+    "ddp": ("bench_ddp", _ddp, 300),
     "gpu": ("bench_gpu", _gpu, 600),
 }
 NOT_YET: list[Row] = []  # measures without a script yet: listed, never silently left out
