@@ -33,3 +33,18 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, seed=0, sizes=SynthSizes(sft=16, rl=16, bench=16), progress=False)
     return out
+
+
+@pytest.fixture()
+def offline_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig naming an unreachable API server (127.0.0.1:9): dagster-k8s objects can be
+    built and validated offline, and any attempt to talk to a cluster fails at once."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: offline, cluster: {server: "https://127.0.0.1:9"}}]
+contexts: [{name: offline, context: {cluster: offline, user: nobody}}]
+current-context: offline
+users: [{name: nobody, user: {token: unused}}]
+""")
+    return path

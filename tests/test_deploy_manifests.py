@@ -703,16 +703,10 @@ def test_helm_values_produce_a_valid_instance_like_deploy_dagster_k8s(tmp_path, 
     assert launcher["job_namespace"] == NAMESPACE
 
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: offline, cluster: {server: "https://127.0.0.1:9"}}]
-contexts: [{name: offline, context: {cluster: offline, user: nobody}}]
-current-context: offline
-users: [{name: nobody, user: {token: unused}}]
-"""
 
 
-def test_helm_launcher_builds_a_valid_run_pod_with_the_shared_volume(tmp_path, monkeypatch):
+def test_helm_launcher_builds_a_valid_run_pod_with_the_shared_volume(tmp_path, monkeypatch,
+                                                                   offline_kubeconfig):
     """The run Job the chart's K8sRunLauncher would create, built offline (as test_k8s.py)."""
     import kubernetes
     from dagster import DagsterRun
@@ -724,10 +718,9 @@ def test_helm_launcher_builds_a_valid_run_pod_with_the_shared_volume(tmp_path, m
                        "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
                        "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP": "dagster-pipeline-env"}.items():
         monkeypatch.setenv(var, value)
-    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
     config = chart_instance_config(helm_values())["run_launcher"]["config"]
     parsed = process_config(K8sRunLauncher.config_type(), {
-        **config, "load_incluster_config": False, "kubeconfig_file": str(tmp_path / "kubeconfig")})
+        **config, "load_incluster_config": False, "kubeconfig_file": str(offline_kubeconfig)})
     assert parsed.success, parsed.errors
     launcher = K8sRunLauncher(**parsed.value)
     run_id = "0123456789abcdef0123456789abcdef"

@@ -39,13 +39,6 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 LAUNCHER_ENV = {"DAGSTER_K8S_NAMESPACE": "vlmrl", "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
                 "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql",
                 "DAGSTER_K8S_SERVICE_ACCOUNT": "vlmrl-runner"}
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: offline, cluster: {server: "https://127.0.0.1:9"}}]
-contexts: [{name: offline, context: {cluster: offline, user: nobody}}]
-current-context: offline
-users: [{name: nobody, user: {token: unused}}]
-"""
 
 
 @pytest.fixture()
@@ -99,12 +92,11 @@ def gpu_asset(tags: dict[str, Any]):
 
 
 @pytest.fixture()
-def k8s(tmp_path, monkeypatch):
+def k8s(tmp_path, monkeypatch, offline_kubeconfig):
     """The launcher of deploy/dagster-k8s.yaml and the k8s executor, both built offline."""
     for k, v in LAUNCHER_ENV.items():
         monkeypatch.setenv(k, v)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
+    kubeconfig = offline_kubeconfig
     instance_yaml = yaml.safe_load((REPO / "deploy" / "dagster-k8s.yaml").read_text())
     launcher_cfg = instance_yaml["run_launcher"]["config"]
     parsed = process_config(K8sRunLauncher.config_type(), {

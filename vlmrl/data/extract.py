@@ -400,7 +400,10 @@ def encoded_frames(dataset: Any) -> Any:
 def read_frames(encoded: Any, index: int) -> np.ndarray:
     """Row `index` of an `encoded_frames` view as [T, H, W, 3] uint8 (= frames_array(ds[index]))."""
     frames = encoded[index].column(0)[0].values  # the row's list of {bytes, path} structs
-    return decode_frames(frames.field("bytes").to_pylist())
+    stored = frames.field("bytes").to_pylist()
+    if any(data is None for data in stored):  # stored by path: datasets' Image feature opens it
+        stored = encoded.with_format(None)[index]["frames"]
+    return decode_frames(stored)
 
 
 def decode_frames(frames: Sequence[Any]) -> np.ndarray:
@@ -446,7 +449,9 @@ def _decode_plain_pngs(idats: list[bytes], size: tuple[int, int]) -> np.ndarray 
             decoder.cleanup()
         if done >= 0 or error < 0:  # ran out of data, or a zlib / filter error
             return None
-    return np.asarray(canvas).reshape(len(idats), height, width, 3)
+    # a copy (not asarray's read-only view of the image): callers get a writable array, as
+    # np.stack gives on the general path and torch.from_numpy expects
+    return np.array(canvas).reshape(len(idats), height, width, 3)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

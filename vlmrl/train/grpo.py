@@ -141,6 +141,17 @@ class FrameSource:
     def frames(self, row: dict[str, Any]) -> np.ndarray:
         return read_frames(self.encoded, self.index[str(row["problem_id"])])
 
+    def fill(self, rows: list[dict[str, Any]]) -> None:
+        """Give each row without frames its frames, decoding each problem once: the sampler
+        repeats a prompt G times, and the G rows share one (read-only in use) array."""
+        decoded: dict[str, np.ndarray] = {}
+        for row in rows:
+            if "frames" not in row:
+                key = str(row["problem_id"])
+                if key not in decoded:
+                    decoded[key] = self.frames(row)
+                row["frames"] = decoded[key]
+
 
 def resolve_reward_funcs(
     specs: Sequence[str | Callable[..., list[float | None]]],
@@ -289,9 +300,8 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         group_size = self.num_generations if train else self.num_generations_eval
         self._reset_rollout_state()
         rows = [dict(row) for row in inputs]
-        for row in rows:
-            if "frames" not in row and self._frame_source is not None:
-                row["frames"] = self._frame_source.frames(row)
+        if self._frame_source is not None:
+            self._frame_source.fill(rows)
         augmentations = (
             self._plan_augmentations(rows, group_size) if train else [Augmentation()] * len(rows)
         )

@@ -27,7 +27,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, ProcessorMixin
 from trl import SFTConfig, SFTTrainer
 
-from vlmrl.data.extract import decode_frames, encoded_frames
+from vlmrl.data.extract import encoded_frames, read_frames
 from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
 from vlmrl.models.multimodal import chat_media, encode_texts, render_chats
@@ -136,7 +136,7 @@ def sft_dataset(
 
     The view is an in-memory dataset of row positions whose transform reads the rows it is
     asked for: the frames straight from their stored bytes into one [T, H, W, 3] array per
-    row (`vlmrl.data.extract.decode_frames`: the pixels datasets' Image feature gives, without
+    row (`vlmrl.data.extract.read_frames`: the pixels datasets' Image feature gives, without
     a PIL image per frame), the other columns through datasets. This is the SFT dataloader's
     work (see vlmrl.train.data_wait); `sft_example` on a datasets row gives the same example.
     """
@@ -152,16 +152,10 @@ def sft_dataset(
     def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         positions = batch["row"]
         rows = columns[positions]
-        bytes_lists = stored[positions].column(0).to_pylist()  # per row: [{bytes, path}, ...]
         examples = []
-        for i, encoded in enumerate(bytes_lists):
+        for i, position in enumerate(positions):
             row = {k: v[i] for k, v in rows.items()}
-            if any(f["bytes"] is None for f in encoded):  # stored by path: datasets opens it
-                row["frames"] = frames[positions[i]]["frames"]
-            else:
-                video = decode_frames(encoded)
-                # writable, as the old path's arrays were (torch warns on read-only numpy input)
-                row["frames"] = video if video.flags.writeable else video.copy()
+            row["frames"] = read_frames(stored, position)
             examples.append(sft_example(row, prompt))
         return {k: [ex[k] for ex in examples] for k in ("prompt", "completion", "images")}
 
