@@ -49,6 +49,17 @@ def relaunch(args: argparse.Namespace, recipe: Any) -> int | None:
     return subprocess.call(command)
 
 
+def _end_processes() -> None:
+    """Tear down the process group of a multi-process run before this process exits: left to
+    interpreter shutdown, gloo's / NCCL's threads can abort the exit ("terminate called without
+    an active exception", SIGABRT) after the checkpoint is saved, failing a finished step."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from vlmrl.stages.training import train_sft
 
@@ -58,6 +69,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     tracking = assignments(args.tracking, "--tracking")
     _report(train_sft(recipe, args.base, args.frames, args.out, tracking,
                       resume=args.resume, overwrite=args.overwrite), "sft")
+    _end_processes()
     return 0
 
 
@@ -70,6 +82,7 @@ def cmd_rl(args: argparse.Namespace) -> int:
     tracking = assignments(args.tracking, "--tracking")
     _report(train_rl(recipe, args.sft, args.frames, args.out, tracking,
                      resume=args.resume, overwrite=args.overwrite), "rl")
+    _end_processes()
     return 0
 
 
