@@ -201,7 +201,16 @@ def kill_mid_upload(s3, src: Path, uri: str, overwrite: bool = False) -> int:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    return sum(1 for n in names(s3["client"], uri) if n.startswith("shard-") and n not in before)
+    # A request the client sent just before the kill can still land on the server afterwards
+    # (seen in CI: 10 counted, 11 present), so count only once the listing stops changing.
+    count, settle = -1, time.monotonic() + 10
+    while time.monotonic() < settle:
+        now = sum(1 for n in names(s3["client"], uri) if n.startswith("shard-") and n not in before)
+        if now == count:
+            return count
+        count = now
+        time.sleep(0.5)
+    pytest.fail("the server's listing kept changing 10 s after the uploader was killed")
 
 
 def test_upload_killed_halfway_is_incomplete_then_a_rerun_completes(s3, s3_uri, tmp_path):
