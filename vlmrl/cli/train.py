@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import subprocess
-import sys
 from typing import Any
 
+from vlmrl.cli.launch import end_processes, relaunch
 from vlmrl.cli.options import assignments, recipe_from_args
 
 
@@ -30,36 +27,6 @@ def cmd_base(args: argparse.Namespace) -> int:
     return 0
 
 
-# set in every process that torchrun / accelerate launch starts
-_LAUNCHED_ENV = ("LOCAL_RANK", "WORLD_SIZE")
-
-
-def relaunch(args: argparse.Namespace, recipe: Any) -> int | None:
-    """Run this command again under ``accelerate launch`` when the recipe's launch section asks
-    for several processes and this process is not already one of them; its exit status, or
-    None when this process should train itself. The same command thus works on a laptop, in a
-    step pod and inside an explicit ``accelerate launch`` (multi-node) alike."""
-    launch = recipe.launch
-    if launch.num_processes <= 1 or not args.launch or any(k in os.environ for k in _LAUNCHED_ENV):
-        return None
-    extra = shlex.split(os.environ.get("VLMRL_ACCELERATE_ARGS", ""))  # e.g. --main_process_port
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch.accelerate_args(),
-               *extra, "-m", "vlmrl.cli", *args.argv]
-    print(f"vlmrl: {launch.num_processes} processes: {' '.join(command[1:])}", flush=True)
-    return subprocess.call(command)
-
-
-def _end_processes() -> None:
-    """Tear down the process group of a multi-process run before this process exits: left to
-    interpreter shutdown, gloo's / NCCL's threads can abort the exit ("terminate called without
-    an active exception", SIGABRT) after the checkpoint is saved, failing a finished step."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def cmd_sft(args: argparse.Namespace) -> int:
     from vlmrl.stages.training import train_sft
 
@@ -69,7 +36,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     tracking = assignments(args.tracking, "--tracking")
     _report(train_sft(recipe, args.base, args.frames, args.out, tracking,
                       resume=args.resume, overwrite=args.overwrite), "sft")
-    _end_processes()
+    end_processes()
     return 0
 
 
@@ -82,7 +49,7 @@ def cmd_rl(args: argparse.Namespace) -> int:
     tracking = assignments(args.tracking, "--tracking")
     _report(train_rl(recipe, args.sft, args.frames, args.out, tracking,
                      resume=args.resume, overwrite=args.overwrite), "rl")
-    _end_processes()
+    end_processes()
     return 0
 
 
