@@ -23,6 +23,7 @@ from orchestration.assets.data import DATA_ASSETS, DATA_CHECKS, benchmark_frames
 from orchestration.assets.models import MODEL_ASSETS, MODEL_CHECKS
 from orchestration.assets.reports import REPORT_CHECKS, report_assets
 from orchestration.executors import executor_from_env, gpu_asset_names
+from orchestration.launcher import StageLauncher
 from orchestration.resources import (
     ArtifactStore,
     RecipeResource,
@@ -78,6 +79,7 @@ def build_definitions(recipe: RecipeResource | None = None) -> Definitions:
             "artifacts": ArtifactStore(root=default_artifact_root()),
             "recipe": recipe,
             "tracker": MlflowTracker.from_env(),
+            "launcher": StageLauncher.from_env(),
         },
         # Set on Definitions (not only on a job) so UI materializations and automation use it
         # too; chosen by VLMRL_EXECUTOR (in-process by default, k8s at scale).

@@ -2,7 +2,8 @@
 """Model assets: the base model, the SFT checkpoint and the RL checkpoint.
 
 Each is one call into vlmrl.stages.training inside one MLflow run (the trainer's metrics
-arrive through transformers' MLflow callback). The checkpoint's lineage.json records the
+arrive through transformers' MLflow callback), or, for a recipe launched on several
+processes, the `vlmrl train` command through dagster-pipes (orchestration.launcher). The checkpoint's lineage.json records the
 MLflow and Dagster run ids; its hash is the data version; the checkpoint is also an
 MLflow logged model linked to its input datasets and parent model.
 """
@@ -27,6 +28,7 @@ from orchestration.assets.common import log_metrics, result
 from orchestration.assets.data import rl_frames, sft_frames
 from orchestration.checks import artifact_check
 from orchestration.executors import GPU_POOL, gpu_tags
+from orchestration.launcher import StageLauncher, tracking_args
 from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
 from vlmrl.lineage import audit, lineage_hash, read_manifest
@@ -93,7 +95,7 @@ def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore,
 
 
 def _train_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResource,
-                 artifacts: ArtifactStore, tracker: MlflowTracker,
+                 artifacts: ArtifactStore, tracker: MlflowTracker, launcher: StageLauncher,
                  before: Callable[[Any, ArtifactStore], dict[str, Any]] | None = None,
                  after: Callable[[Path, ArtifactStore], dict[str, Any]] | None = None):
     """The body of both trained checkpoints: train ``stage`` from its parent on its frames in
@@ -106,9 +108,18 @@ def _train_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResou
     r = _with_mlflow(recipe.load())
     with tracker.start_run(context, params=r.to_dict()) as run:
         extra = before(r, artifacts) if before else {}
-        path = train(r, artifacts.checkpoint(parent), artifacts.frames(stage), artifacts.checkpoint(stage),
-                     tracking=_tracking(context, run),
-                     overwrite=True)  # a rematerialization replaces its own checkpoint
+        parent_dir, frames, out = artifacts.checkpoint(parent), artifacts.frames(stage), artifacts.checkpoint(stage)
+        if launcher.as_command(r):  # `vlmrl train` under accelerate launch, as a step pod runs it
+            reported = launcher.run(context, ["train", stage, f"--{parent}", str(parent_dir),
+                                              "--frames", str(frames), "--out", str(out), "--overwrite",
+                                              *tracking_args(_tracking(context, run))], r, env=run.env)
+            path = Path(reported["checkpoint"])
+            if path != out.resolve() or reported["lineage_sha256"] != lineage_hash(path):
+                raise RuntimeError(f"the {stage} command reported {reported}, not the checkpoint at {out}")
+            extra.update(launched_processes=reported["world_size"])
+        else:
+            path = train(r, parent_dir, frames, out, tracking=_tracking(context, run),
+                         overwrite=True)  # a rematerialization replaces its own checkpoint
         if after:
             extra.update(after(path, artifacts))
         return _checkpoint_result(context, artifacts, tracker, run, path, CHECKPOINTS[stage],
@@ -156,18 +167,18 @@ def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts
 @asset(group_name="models", deps=[base_model, sft_frames], code_version=TRAINING_CODE_VERSION,
        op_tags=gpu_tags(), pool=GPU_POOL, kinds={"pytorch"})
 def sft_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
-                   tracker: MlflowTracker):
+                   tracker: MlflowTracker, launcher: StageLauncher):
     """Supervised fine-tuning on the chain-of-thought split (prompt tokens masked)."""
-    return _train_stage(context, "sft", recipe, artifacts, tracker)
+    return _train_stage(context, "sft", recipe, artifacts, tracker, launcher)
 
 
 @asset(group_name="models", deps=[sft_checkpoint, rl_frames], code_version=TRAINING_CODE_VERSION,
        op_tags=gpu_tags(), pool=GPU_POOL, kinds={"pytorch"})
 def rl_checkpoint(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
-                  tracker: MlflowTracker):
+                  tracker: MlflowTracker, launcher: StageLauncher):
     """GRPO-family RL (T-GRPO by default) from the SFT checkpoint, with the SFT model's
     headroom on the RL split before it and the training curves after it."""
-    return _train_stage(context, "rl", recipe, artifacts, tracker, before=_rl_headroom,
+    return _train_stage(context, "rl", recipe, artifacts, tracker, launcher, before=_rl_headroom,
                         after=_training_curves)
 
 

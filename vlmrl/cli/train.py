@@ -6,17 +6,23 @@ import argparse
 import json
 from typing import Any
 
-from vlmrl.cli.launch import end_processes, relaunch
+from vlmrl.cli.launch import end_processes, relaunch, report_to_dagster
 from vlmrl.cli.options import assignments, recipe_from_args
 
 
 def _report(path, kind: str) -> None:
-    from vlmrl.lineage import read_manifest
+    """Print the checkpoint and its headline metrics; send them to the Dagster asset that
+    launched this command (dagster-pipes), if one did."""
+    from vlmrl.lineage import lineage_hash, read_manifest
 
     metrics = read_manifest(path)["metrics"]
     keys = ("global_step", "resumed_from_step", "train_loss", "train_runtime", "last_reward")
     shown = {k: metrics[k] for k in keys if k in metrics}
     print(f"{kind} checkpoint: {path}" + (f"  {json.dumps(shown)}" if shown else ""))
+    digest = lineage_hash(path)
+    report_to_dagster({"checkpoint": str(path), "lineage_sha256": digest,
+                       "world_size": len(metrics.get("replicas") or [None]), **shown},
+                      data_version=digest[:16])
 
 
 def cmd_base(args: argparse.Namespace) -> int:
