@@ -27,6 +27,7 @@ from dagster_k8s import k8s_job_executor
 
 EXECUTOR_ENV = "VLMRL_EXECUTOR"
 GPU_POOL = "gpu"
+STEP_GPUS_ENV = "VLMRL_STEP_GPUS"  # GPUs per GPU step pod (gpu_tags)
 
 DAY_S = 24 * 3600
 # Step pods without a GPU tag (data preparation): modest requests, a memory limit only
@@ -100,7 +101,7 @@ def _json_env(name: str, default: Any) -> Any:
 
 
 def gpu_tags(
-    gpus: int = 1,
+    gpus: int | None = None,
     *,
     cpu: str = "8",
     memory: str = "64Gi",
@@ -112,10 +113,16 @@ def gpu_tags(
 ) -> dict[str, Any]:
     """Op tags for a GPU step: ``@asset(op_tags=gpu_tags(), pool=GPU_POOL)``.
 
-    Node selector and tolerations default to the NVIDIA GPU operator's conventions, or
-    to JSON in ``VLMRL_GPU_NODE_SELECTOR`` / ``VLMRL_GPU_TOLERATIONS``. Only the k8s
-    executor reads these tags; the other executors ignore them.
+    ``gpus`` defaults to ``VLMRL_STEP_GPUS`` (else 1): set it to the recipe's
+    ``launch.num_processes``, one process per GPU. Node selector and tolerations default to
+    the NVIDIA GPU operator's conventions, or to JSON in ``VLMRL_GPU_NODE_SELECTOR`` /
+    ``VLMRL_GPU_TOLERATIONS``. Only the k8s executor reads these tags; the other executors
+    ignore them.
     """
+    if gpus is None:
+        gpus = int(os.environ.get(STEP_GPUS_ENV, "1"))
+    if gpus < 1:
+        raise ValueError(f"{STEP_GPUS_ENV}={gpus}: a GPU step needs at least one GPU")
     if node_selector is None:
         node_selector = _json_env("VLMRL_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"})
     if tolerations is None:

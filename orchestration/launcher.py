@@ -50,6 +50,7 @@ class StageLauncher(ConfigurableResource):
             env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Run ``vlmrl <args> --recipe <recipe as a file>`` through dagster-pipes; the metadata
         its main process reported. A failed command raises (its output is in the step's log)."""
+        _check_gpus(recipe)
         with tempfile.TemporaryDirectory(prefix="vlmrl-stage-") as tmp:
             # the resolved recipe (overrides included) is what the command trains on
             recipe_file = Path(tmp) / "recipe.yaml"
@@ -62,6 +63,18 @@ class StageLauncher(ConfigurableResource):
             raise RuntimeError(f"`vlmrl {' '.join(args[:2])}` ended without reporting its result to "
                                f"Dagster ({len(reported)} reports): see the step's log")
         return {k: getattr(v, "value", v) for k, v in reported[0].metadata.items()}
+
+
+def _check_gpus(recipe: Any) -> None:
+    """On a GPU machine, one GPU per process: a step pod with fewer GPUs than the recipe's
+    ``launch.num_processes`` fails here, naming both, not deep inside NCCL."""
+    import torch
+
+    wanted = recipe.launch.num_processes
+    if torch.cuda.is_available() and torch.cuda.device_count() < wanted:
+        raise RuntimeError(f"the recipe's launch.num_processes = {wanted}, but this step sees "
+                           f"{torch.cuda.device_count()} GPU(s): give the GPU steps {wanted} "
+                           "(VLMRL_STEP_GPUS on the code location, docs/deploy.md)")
 
 
 def tracking_args(tracking: Mapping[str, Any]) -> list[str]:

@@ -190,6 +190,17 @@ def test_gpu_tags_name_every_executor_resource():
     assert tag["requests"]["nvidia.com/gpu"] == tag["limits"]["nvidia.com/gpu"]
 
 
+def test_gpus_per_step_come_from_the_environment(monkeypatch):
+    # one process per GPU: a recipe launched on 4 processes needs 4-GPU step pods
+    monkeypatch.setenv("VLMRL_STEP_GPUS", "4")
+    res = gpu_tags()["dagster-k8s/config"]["container_config"]["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "4"
+    assert gpu_tags(2)["dagster-k8s/config"]["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    monkeypatch.setenv("VLMRL_STEP_GPUS", "0")
+    with pytest.raises(ValueError, match="VLMRL_STEP_GPUS=0: a GPU step needs at least one GPU"):
+        gpu_tags()
+
+
 def with_config(change) -> dict[str, str]:
     tags = gpu_tags()
     change(tags["dagster-k8s/config"])
