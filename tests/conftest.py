@@ -48,3 +48,39 @@ current-context: offline
 users: [{name: nobody, user: {token: unused}}]
 """)
     return path
+
+
+# --- object storage: a real S3-compatible server (moto's server mode) on 127.0.0.1 ----------
+S3_BUCKET = "vlmrl-test"
+S3_KEY_ID, S3_SECRET = "vlmrl-test-key-id", "vlmrl-test-secret-value"  # moto accepts any
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A moto S3 server on 127.0.0.1 (a free port) with one bucket: its endpoint, a boto3
+    client, the fsspec ``storage_options`` that reach it, and the bucket's name."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET)
+    client.create_bucket(Bucket=S3_BUCKET)
+    options = {"key": S3_KEY_ID, "secret": S3_SECRET,
+               "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    yield {"endpoint": endpoint, "client": client, "options": options, "bucket": S3_BUCKET}
+    server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3):
+    """A fresh prefix in the bucket."""
+    import uuid
+
+    return f"s3://{s3['bucket']}/t-{uuid.uuid4().hex[:10]}"

@@ -17,10 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 from safetensors.numpy import load_file, save_file
 
 from vlmrl import storage
@@ -28,31 +26,9 @@ from vlmrl.atomic import OutputKind
 from vlmrl.lineage import FORMAT as LINEAGE_FORMAT
 from vlmrl.lineage import LINEAGE, audit, lineage_hash, write_manifest
 
+# the bucket and keys of the `s3` server fixture (tests/conftest.py)
 BUCKET = "vlmrl-test"
-KEY_ID, SECRET = "vlmrl-test-key-id", "vlmrl-test-secret-value"  # moto accepts any
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A moto S3 server on 127.0.0.1 (a free port) with one bucket."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
-    client.create_bucket(Bucket=BUCKET)
-    options = {"key": KEY_ID, "secret": SECRET,
-               "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    yield {"endpoint": endpoint, "client": client, "options": options}
-    server.stop()
-
-
-@pytest.fixture
-def s3_uri(s3):
-    """A fresh prefix in the bucket."""
-    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
+KEY_ID, SECRET = "vlmrl-test-key-id", "vlmrl-test-secret-value"
 
 
 @pytest.fixture(params=["s3", "local"])
