@@ -13,7 +13,9 @@ the audit's anchor: an edit that recomputed every hash inside the tree still cha
 the head's hash, which no longer matches the event log.
 
 ``--artifacts`` audits a copy of the tree: each materialization's recorded place inside
-the tree (``artifact_path``) is looked up there, and no reference may leave it.
+the tree (``artifact_path``) is looked up there, and no reference may leave it. On object
+storage (``VLMRL_ARTIFACTS`` or ``--artifacts s3://...``) every artifact of the chain is
+re-hashed where it is stored, pulled into the local cache, and audited there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from orchestration.resources import default_artifact_root
+from vlmrl.artifact_root import ArtifactRoot
 from vlmrl.lineage import Anchor, audit, format_chain, head_sha256, read_manifest
 
 # which upstream asset holds each dataset role / the parent checkpoint
@@ -123,21 +126,34 @@ def main(argv: list[str] | None = None, instance: DagsterInstance | None = None)
         print(f"audit: {exc}", file=sys.stderr)
         return 2
     mat = event.asset_materialization
-    root = Path(args.artifacts).resolve() if args.artifacts else Path(default_artifact_root()).resolve()
-    path = located(mat, root)
     content = mat.metadata.get("content_hash")
     anchor = Anchor(content.value, f"the one Dagster recorded for {args.key} (run {event.run_id[:8]})") \
         if content is not None else None
-    report = audit(path, check_media=not args.skip_media, root=root, input_roots=tuple(args.input_root),
-                   anchor=anchor)
-    print(format_chain(report))
+    tree = ArtifactRoot(args.artifacts or default_artifact_root())
+    if tree.remote:  # object storage: the stored chain re-hashed, pulled, then audited in the cache
+        found = tree.audit(mat.metadata["artifact_path"].value, check_media=not args.skip_media,
+                           input_roots=tuple(args.input_root), anchor=anchor)
+        for p in found:
+            print(f"PROBLEM: {p}")
+        print(f"{tree.root}: the published chain of {args.key}: "
+              + ("verified" if not found else f"{len(found)} problem(s)"))
+        ok, root = not found, tree.local_root
+        path = located(mat, root)
+        readable = (path / "lineage.json").is_file()
+    else:
+        root = Path(tree.local_root).resolve()
+        path = located(mat, root)
+        report = audit(path, check_media=not args.skip_media, root=root, input_roots=tuple(args.input_root),
+                       anchor=anchor)
+        print(format_chain(report))
+        ok, readable = report.ok, bool(report.chain and report.chain[0].manifest)
     problems = []
-    if key in DATASETS and report.chain and report.chain[0].manifest:  # a checkpoint whose manifest reads
+    if key in DATASETS and readable:  # a checkpoint whose manifest reads
         problems = cross_check(instance, key, root)
     for p in problems:
         print(f"DAGSTER/MANIFEST MISMATCH: {p}")
     print("Dagster's record agrees with the manifests" if not problems else f"{len(problems)} mismatch(es)")
-    return 0 if report.ok and not problems else 1
+    return 0 if ok and not problems else 1
 
 
 if __name__ == "__main__":

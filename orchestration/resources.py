@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, StaticPartitionsDefinition
+
+from vlmrl.artifact_root import ArtifactRoot
 
 DEFAULT_RECIPE = "tiny-cpu"
 # RecipeResource.load's last recipe: (file, its bytes, overrides) -> the validated Recipe.
@@ -23,26 +26,67 @@ def default_recipe() -> str:
     return os.environ.get("VLMRL_RECIPE", DEFAULT_RECIPE)
 
 
+@functools.lru_cache(maxsize=8)
+def _tree(root: str, cache: str | None) -> ArtifactRoot:
+    return ArtifactRoot(root, cache)
+
+
 class ArtifactStore(ConfigurableResource):
     """Where large artefacts (frames, checkpoints, reports) live; assets pass paths.
 
-    A local directory by default (``VLMRL_ARTIFACTS`` or ``artifacts/``). Nothing large
-    goes through an IO manager: assets return paths and content hashes. The layout is
-    fixed so that every step finds its inputs without asking the instance.
+    A local directory by default (``VLMRL_ARTIFACTS`` or ``artifacts/``), or object storage
+    (``VLMRL_ARTIFACTS=s3://bucket/prefix``; vlmrl.artifact_root). Nothing large goes
+    through an IO manager: assets return paths and content hashes. The layout is fixed so
+    that every step finds its inputs without asking the instance.
+
+    With object storage, every step works in a local cache with the same layout (``cache``,
+    else ``VLMRL_CACHE``, else ``~/.cache/vlmrl/artifacts/...``): it `pull`s its inputs
+    (downloaded once, verified), writes its output there, and `push`es it (published with a
+    marker written last, so no reader sees a partial upload as complete). On a local root
+    `pull` and `push` change nothing.
     """
 
     root: str = "artifacts"
+    cache: str | None = None
+
+    def tree(self) -> ArtifactRoot:
+        return _tree(self.root, self.cache or os.environ.get("VLMRL_CACHE"))
+
+    @property
+    def remote(self) -> bool:
+        return self.tree().remote
+
+    @property
+    def local_root(self) -> Path:
+        """The tree this process reads and writes: the root itself, or its local cache."""
+        return self.tree().local_root
 
     def path(self, *parts: str) -> Path:
-        if "://" in self.root and not self.root.startswith("file://"):
-            # Path("s3://b/p") is the local directory "s3:/b/p": refuse, never write there
-            raise ValueError(
-                f"VLMRL_ARTIFACTS={self.root!r}: the Dagster assets write to a local or mounted "
-                "directory only (object storage: vlmrl.storage, not wired into the assets "
-                "yet; see docs/deploy.md section 5)")
-        p = Path(self.root.removeprefix("file://")).joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        return self.tree().local(*parts)
+
+    def _parts(self, path: Path) -> str:
+        try:
+            return Path(path).relative_to(self.local_root).as_posix()
+        except ValueError:
+            raise ValueError(f"{path} is not in the artifacts tree {self.local_root}") from None
+
+    def pull(self, path: Path) -> Path:
+        """The published artifact at ``path`` (from ``path()``/``frames()``...) made available
+        locally: downloaded unless the local copy already matches; NotPublishedError if it was
+        never published completely."""
+        return self.tree().pull(self._parts(path))
+
+    def push(self, path: Path) -> str:
+        """Publish the finished artifact at ``path``; where it now lives (URI or local path)."""
+        return self.tree().push(self._parts(path))
+
+    def uri(self, path: Path) -> str:
+        """Where the artifact at ``path`` lives for everyone: its URI, or the local path."""
+        return self.tree().uri(self._parts(path))
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        """The asset index entry of ``key`` (``vlmrl lineage <asset key>`` reads it)."""
+        self.tree().record(key, entry)
 
     def raw(self) -> Path:
         return self.path("raw")
@@ -55,9 +99,6 @@ class ArtifactStore(ConfigurableResource):
 
     def report(self, benchmark: str, stage: str, run_id: str) -> Path:
         return self.path("reports", benchmark, stage, run_id[:8])
-
-    def asset_index(self) -> Path:
-        return self.path("assets.json")
 
 
 class RecipeResource(ConfigurableResource):

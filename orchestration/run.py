@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from dagster import DagsterInstance
 
@@ -43,21 +42,21 @@ def main() -> int:
     wall = time.perf_counter() - t0
     summary = {"wall_time_s": round(wall, 1), "ok": ok, "benchmarks": {}}
     for key in BENCHMARKS.get_partition_keys():
-        path = Path(artifacts.root) / "reports" / key / "comparison" / "summary.json"
+        path = artifacts.local_root / "reports" / key / "comparison" / "summary.json"
         if path.is_file():
             summary["benchmarks"][key] = json.loads(path.read_text())
     first = next(iter(summary["benchmarks"].values()), None)
     if first:  # the headline benchmark's figures at top level (the held-out synthetic split)
         summary.update(chance=first["chance"], **first["stages"])
-    headroom = Path(artifacts.root) / "reports" / "rl_training" / "headroom.json"
+    headroom = artifacts.local_root / "reports" / "rl_training" / "headroom.json"
     if headroom.is_file():  # the SFT model's sampled pass@1 / pass@k on the RL split
         summary["rl_headroom"] = json.loads(headroom.read_text())
-    out = Path(artifacts.root) / "summary.json"
+    out = artifacts.local_root / "summary.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
 
     for bench, data in summary["benchmarks"].items():
         print("\n" + format_stage_summary(bench, data))
-        print(f"  reports: {Path(artifacts.root) / 'reports' / bench}")
+        print(f"  reports: {artifacts.local_root / 'reports' / bench}")
     if h := summary.get("rl_headroom"):
         k = h["k"]
         print(f"\nRL headroom (SFT, RL split, {h['n']} MC questions, T={h.get('temperature')}): "

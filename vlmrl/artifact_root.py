@@ -262,7 +262,7 @@ class ArtifactRoot:
         rel = self._tree_rel(entry["path"])
         stored = {**entry, "path": rel, "uri": self.uri(rel)}
         if not self.remote:  # assets.json exactly as before (no absolute uri in a copyable tree)
-            record_asset(self.local_root / ASSET_INDEX, key, {**entry, "path": str(self._path(rel))})
+            record_asset(self.local_root / ASSET_INDEX, key, {**entry, "path": str(self._path(rel).resolve())})
         else:  # one object per key: a single PUT, atomic, no read-modify-write of a shared file
             self._fs.pipe_file(self._index_object(key), json.dumps(stored, indent=1, sort_keys=True).encode())
         return stored

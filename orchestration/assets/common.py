@@ -10,7 +10,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from orchestration.resources import ArtifactStore
 from vlmrl.hashing import relative_ref
-from vlmrl.lineage import CONTENT_TAG, record_asset
+from vlmrl.lineage import CONTENT_TAG
 
 
 def index_asset(context: AssetExecutionContext, artifacts: ArtifactStore, path: Path,
@@ -19,7 +19,7 @@ def index_asset(context: AssetExecutionContext, artifacts: ArtifactStore, path: 
     key = context.asset_key.to_user_string()
     if context.has_partition_key:
         key += f"[{context.partition_key}]"
-    record_asset(artifacts.asset_index(), key, {
+    artifacts.record(key, {
         "path": str(Path(path).resolve()), "data_version": data_version,
         "dagster_run_id": context.run_id, "mlflow_run_id": mlflow_run_id,
     })
@@ -27,11 +27,13 @@ def index_asset(context: AssetExecutionContext, artifacts: ArtifactStore, path: 
 
 def result(context: AssetExecutionContext, artifacts: ArtifactStore, path: Path, version: str,
            metadata: Mapping[str, Any], run: Any) -> MaterializeResult:
-    """The MaterializeResult every asset returns: content version, path, MLflow link."""
+    """The MaterializeResult every asset returns: content version, path, MLflow link. The
+    artifact is published first (object storage: marker last), then indexed."""
+    uri = artifacts.push(path)
     index_asset(context, artifacts, path, version, run.run_id if run else None)
     # artifact_path: where it is inside the artifacts tree, so an audit can find it in a copy
-    meta = {"path": MetadataValue.path(str(path)), "artifact_path": relative_ref(path, artifacts.root),
-            "content_hash": version, **metadata}
+    meta = {"path": MetadataValue.path(str(path)), "uri": uri,
+            "artifact_path": relative_ref(path, artifacts.local_root), "content_hash": version, **metadata}
     if run is not None:
         # the content hash outside the artifacts tree too: `vlmrl lineage --tracking-uri` checks it
         run.set_tag(CONTENT_TAG, version)

@@ -74,6 +74,8 @@ def raw_data(context: AssetExecutionContext, recipe: RecipeResource, artifacts: 
 def _extract(context: AssetExecutionContext, name: str, split: str, recipe: RecipeResource,
              artifacts: ArtifactStore, tracker: MlflowTracker, config: ExtractConfig, train: bool):
     r = recipe.load()
+    if r.data.synthetic is not None:
+        artifacts.pull(artifacts.raw())
     ann, root = _sources(r, artifacts)[split]
     opts = r.frames.train if train else r.frames.eval
     with tracker.start_run(context, params={"frames": opts.to_dict(), "annotations": ann}) as run:
@@ -133,7 +135,7 @@ def benchmark_frames_asset(benchmarks: PartitionsDefinition) -> AssetsDefinition
 
 
 def _usable(context: AssetCheckExecutionContext, artifacts: ArtifactStore, name: str) -> AssetCheckResult:
-    manifest = read_frame_manifest(artifacts.frames(name))
+    manifest = read_frame_manifest(artifacts.pull(artifacts.frames(name)))
     kept, rate = manifest.counts.kept, manifest.reject_rate
     return AssetCheckResult(
         passed=kept > 0 and rate <= MAX_REJECT_RATE,

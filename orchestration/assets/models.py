@@ -75,13 +75,22 @@ def _weight_stats(path: Path) -> dict[str, int]:
     return {"parameters": params, "weight_bytes": sum(f.stat().st_size for f in files)}
 
 
+def _where(artifacts: ArtifactStore, path: str) -> str:
+    """A dataset's URI when it is in the artifacts tree, else its recorded path."""
+    try:
+        return artifacts.uri(Path(path))
+    except ValueError:
+        return path
+
+
 def _checkpoint_result(context: AssetExecutionContext, artifacts: ArtifactStore, tracker: MlflowTracker,
                        run: Any, path: Path, name: str, parent_key: str | None,
                        extra: dict[str, Any] | None = None):
     manifest = read_manifest(path)
+    # the URIs every reader uses (object storage: s3://...), the same as the assets' metadata
     datasets = [{"name": f"{d['role']}:{Path(d['path']).name}", "digest": d["fingerprint"][:16],
-                 "source": d["path"]} for d in manifest["datasets"]]
-    model = tracker.log_checkpoint(run, str(path), name, datasets=datasets,
+                 "source": _where(artifacts, d["path"])} for d in manifest["datasets"]]
+    model = tracker.log_checkpoint(run, artifacts.uri(path), name, datasets=datasets,
                                    params={"lineage_sha256": lineage_hash(path)},
                                    input_models=_upstream_model_id(context, parent_key) if parent_key else [])
     metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
@@ -107,8 +116,9 @@ def _train_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResou
     parent = PARENTS[stage]
     r = _with_mlflow(recipe.load())
     with tracker.start_run(context, params=r.to_dict()) as run:
+        parent_dir, frames = artifacts.pull(artifacts.checkpoint(parent)), artifacts.pull(artifacts.frames(stage))
+        out = artifacts.checkpoint(stage)
         extra = before(r, artifacts) if before else {}
-        parent_dir, frames, out = artifacts.checkpoint(parent), artifacts.frames(stage), artifacts.checkpoint(stage)
         if launcher.as_command(r):  # `vlmrl train` under accelerate launch, as a step pod runs it
             reported = launcher.run(context, ["train", stage, f"--{parent}", str(parent_dir),
                                               "--frames", str(frames), "--out", str(out), "--overwrite",
@@ -143,7 +153,7 @@ def _training_curves(path: Path, artifacts: ArtifactStore) -> dict[str, Any]:
     from vlmrl.train.diagnostics import write_training_curves
 
     plot = write_training_curves(path, _rl_training(artifacts))
-    return {"training_curves": MetadataValue.path(str(plot))}
+    return {"training_curves": MetadataValue.path(str(plot)), "training_report": artifacts.push(_rl_training(artifacts))}
 
 
 def _rl_training(artifacts: ArtifactStore) -> Path:
@@ -159,8 +169,8 @@ def base_model(context: AssetExecutionContext, recipe: RecipeResource, artifacts
 
     r = recipe.load()
     with tracker.start_run(context, params=r.to_dict()) as run:
-        path = build_base_model(r, artifacts.checkpoint("base"),
-                                [artifacts.frames("sft"), artifacts.frames("rl")], overwrite=True)
+        corpus = [artifacts.pull(artifacts.frames(s)) for s in ("sft", "rl")] if r.model.tiny else []
+        path = build_base_model(r, artifacts.checkpoint("base"), corpus, overwrite=True)
         return _checkpoint_result(context, artifacts, tracker, run, path, "base_model", None)
 
 
@@ -188,9 +198,14 @@ def _verify(context: AssetCheckExecutionContext, artifacts: ArtifactStore, stage
     from transformers import AutoConfig
 
     from vlmrl.models.loading import CheckpointError, check_checkpoint_dir
+    from vlmrl.storage import NotPublishedError
 
     path = artifacts.checkpoint(stage)
     problems: list[str] = []
+    try:
+        path = artifacts.pull(path)
+    except (NotPublishedError, FileNotFoundError) as exc:
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, metadata={"problems": str(exc)})
     try:
         check_checkpoint_dir(path)
         AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)

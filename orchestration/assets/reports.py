@@ -43,11 +43,19 @@ MIN_FORMAT_COMPLIANCE = 0.95  # for trained checkpoints; the base model is not h
 EVAL_CODE_VERSION = "eval-1"
 
 
-def _latest_path(instance: Any, key: AssetKey, partition: str | None) -> str | None:
-    """Path of the newest materialization of ``key`` (in ``partition``) whose files exist."""
+def _latest_path(instance: Any, artifacts: ArtifactStore, key: AssetKey, partition: str | None) -> str | None:
+    """Path of the newest materialization of ``key`` (in ``partition``) whose files exist
+    (on object storage: which is published, pulled into the local cache)."""
+    from vlmrl.storage import NotPublishedError
+
     only = AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None)
     for record in instance.fetch_materializations(only, limit=100).records:
         mat = record.asset_materialization
+        if mat and artifacts.remote and "artifact_path" in mat.metadata:
+            try:
+                return str(artifacts.pull(artifacts.path(mat.metadata["artifact_path"].value)))
+            except (NotPublishedError, ValueError):
+                continue
         if mat and "path" in mat.metadata:
             path = mat.metadata["path"].value
             if Path(path).exists():
@@ -63,12 +71,12 @@ def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeRe
 
     r = recipe.load()
     bench_name = context.partition_key
-    checkpoint = artifacts.checkpoint(stage)
+    checkpoint = artifacts.pull(artifacts.checkpoint(stage))
     out = artifacts.report(bench_name, stage, context.run_id)
-    previous = _latest_path(context.instance, context.asset_key, bench_name)  # before this run's
+    previous = _latest_path(context.instance, artifacts, context.asset_key, bench_name)  # before this run's
     with tracker.start_run(context, params={"eval": r.to_dict()["eval"], "stage": stage,
                                             "benchmark": bench_name}) as run:
-        bench = load_benchmark(artifacts.frames(f"bench-{bench_name}"), name=bench_name)
+        bench = load_benchmark(artifacts.pull(artifacts.frames(f"bench-{bench_name}")), name=bench_name)
         report = Report(evaluate_checkpoint(r, checkpoint, bench, out, stage=stage, overwrite=True))
         headline = report.headline()
         log_metrics(headline)
@@ -108,7 +116,7 @@ def benchmark_report(context: AssetExecutionContext, artifacts: ArtifactStore, t
     """Base, SFT and RL side by side on one benchmark: table, plot and summary.json."""
     from vlmrl.eval import plot_stages, read_report, stage_table
 
-    reports = {stage: _latest_path(context.instance, key, context.partition_key)
+    reports = {stage: _latest_path(context.instance, artifacts, key, context.partition_key)
                for stage, key in STAGE_REPORT_KEYS.items()}
     if missing := [stage for stage, path in reports.items() if path is None]:
         raise FileNotFoundError(f"no {', '.join(missing)} report for {context.partition_key} yet")
@@ -141,7 +149,7 @@ def _report_complete(context: AssetCheckExecutionContext, artifacts: ArtifactSto
     from vlmrl.eval import read_report
 
     try:
-        path = _latest_path(context.instance, STAGE_REPORT_KEYS[stage], None)
+        path = _latest_path(context.instance, artifacts, STAGE_REPORT_KEYS[stage], None)
         report = read_report(path or "<none>")
     except (FileNotFoundError, ValueError, KeyError) as exc:
         return AssetCheckResult(passed=False, metadata={"error": str(exc)})

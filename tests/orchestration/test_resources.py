@@ -28,12 +28,15 @@ def test_shipped_recipe_by_name():
     assert RecipeResource(recipe="tiny-cpu").load() == load_recipe("tiny-cpu")
 
 
-def test_an_object_store_root_is_refused_not_written_locally(tmp_path, monkeypatch):
+def test_an_object_store_root_works_in_a_local_cache(tmp_path, monkeypatch):
     from orchestration.resources import ArtifactStore
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VLMRL_CACHE", str(tmp_path / "cache"))
     store = ArtifactStore(root="s3://bucket/prefix")
-    with pytest.raises(ValueError, match="local or mounted directory only"):
-        store.path("frames", "rl")
-    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/... directory
+    assert store.remote and store.path("frames", "rl") == tmp_path / "cache" / "frames" / "rl"
+    assert store.uri(store.frames("rl")) == "s3://bucket/prefix/frames/rl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no ./s3:/bucket/... directory
+    with pytest.raises(ValueError, match="is not in the artifacts tree"):
+        store.uri(tmp_path / "elsewhere")
     assert ArtifactStore(root=f"file://{tmp_path}/a").path("x") == tmp_path / "a" / "x"
