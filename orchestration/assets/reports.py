@@ -33,6 +33,7 @@ from orchestration.assets.common import log_metrics, result
 from orchestration.assets.models import CHECKPOINTS
 from orchestration.checks import artifact_check
 from orchestration.executors import GPU_POOL, gpu_tags
+from orchestration.launcher import StageLauncher
 from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
 from vlmrl.eval.summary import stage_summary
@@ -64,8 +65,8 @@ def _latest_path(instance: Any, artifacts: ArtifactStore, key: AssetKey, partiti
 
 
 def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeResource,
-                    artifacts: ArtifactStore, tracker: MlflowTracker):
-    from vlmrl.eval import delta, load_benchmark
+                    artifacts: ArtifactStore, tracker: MlflowTracker, launcher: StageLauncher):
+    from vlmrl.eval import delta, load_benchmark, read_report
     from vlmrl.eval.report import Report
     from vlmrl.stages.evaluation import evaluate_checkpoint
 
@@ -76,11 +77,23 @@ def _evaluate_stage(context: AssetExecutionContext, stage: str, recipe: RecipeRe
     previous = _latest_path(context.instance, artifacts, context.asset_key, bench_name)  # before this run's
     with tracker.start_run(context, params={"eval": r.to_dict()["eval"], "stage": stage,
                                             "benchmark": bench_name}) as run:
-        bench = load_benchmark(artifacts.pull(artifacts.frames(f"bench-{bench_name}")), name=bench_name)
-        report = Report(evaluate_checkpoint(r, checkpoint, bench, out, stage=stage, overwrite=True))
+        frames = artifacts.pull(artifacts.frames(f"bench-{bench_name}"))
+        extra: dict[str, Any] = {}
+        if launcher.as_command(r):  # `vlmrl eval` under accelerate launch, as a step pod runs it
+            reported = launcher.run(context, ["eval", "--recipe-settings", "--checkpoint", str(checkpoint),
+                                              "--benchmark", str(frames), "--name", bench_name, "--stage", stage,
+                                              "--out", str(out), "--overwrite"], r, env=run.env)
+            if Path(reported["report_dir"]) != out.resolve() or \
+                    reported["report_sha256"] != sha256_file(out / "report.json"):
+                raise RuntimeError(f"the eval command reported {reported}, not the report at {out}")
+            report = Report(read_report(out))
+            extra = {"launched_processes": reported["world_size"], "rows_per_rank": reported["rows_per_rank"]}
+        else:
+            bench = load_benchmark(frames, name=bench_name)
+            report = Report(evaluate_checkpoint(r, checkpoint, bench, out, stage=stage, overwrite=True))
         headline = report.headline()
         log_metrics(headline)
-        meta: dict[str, Any] = {k: v for k, v in headline.items() if v is not None}
+        meta: dict[str, Any] = {k: v for k, v in headline.items() if v is not None} | extra
         meta["checkpoint_lineage_sha256"] = str(report.checkpoint["lineage_sha256"])
         meta["report"] = MetadataValue.md((out / "report.md").read_text())
         if previous:
@@ -106,8 +119,8 @@ def _stage_report(stage: str, benchmarks: PartitionsDefinition) -> AssetsDefinit
         description=f"The {stage} checkpoint evaluated on one benchmark (ordered and shuffled frames).",
     )
     def _report(context: AssetExecutionContext, recipe: RecipeResource, artifacts: ArtifactStore,
-                tracker: MlflowTracker):
-        return _evaluate_stage(context, stage, recipe, artifacts, tracker)
+                tracker: MlflowTracker, launcher: StageLauncher):
+        return _evaluate_stage(context, stage, recipe, artifacts, tracker, launcher)
 
     return _report
 

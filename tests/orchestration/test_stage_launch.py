@@ -1,15 +1,18 @@
-"""The training assets on a recipe launched on 2 processes: each runs `vlmrl train` under
-`accelerate launch` through dagster-pipes (orchestration.launcher), as a step pod would,
-and gets the checkpoint and its metrics back; a failing command fails the asset."""
+"""The training and report assets on a recipe launched on 2 processes: each runs `vlmrl
+train` / `vlmrl eval` under `accelerate launch` through dagster-pipes (orchestration.launcher),
+as a step pod would, and gets the checkpoint or report and its metrics back; a failing
+command fails the asset."""
 
 import json
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, StaticPartitionsDefinition, materialize
 
 from orchestration.assets.models import rl_checkpoint, sft_checkpoint
+from orchestration.assets.reports import report_assets
 from orchestration.launcher import StageLauncher
 from orchestration.resources import ArtifactStore, RecipeResource
 from orchestration.tracking import MlflowTracker
@@ -80,6 +83,21 @@ def test_training_assets_launch_two_processes_through_pipes(tree):
             assert run.data.params["launch.num_processes"] == "2"
         assert read_manifest(art / "checkpoints" / "rl")["parent"]["lineage_sha256"] == lineage_hash(
             art / "checkpoints" / "sft")
+
+        # the RL checkpoint's report: `vlmrl eval` on 2 processes, one report, every row answered
+        report_asset = next(a for a in report_assets(StaticPartitionsDefinition(["synthetic"]))
+                            if a.key == AssetKey("rl_report"))
+        # 8 questions in batches of 4: one batch per process
+        result = materialize([report_asset], instance=instance, run_config=QUIET, partition_key="synthetic",
+                             resources=_resources(art, uri, deep_merge(TWO, {"eval": {"batch_size": 4}})))
+        assert result.success
+        event = instance.fetch_materializations(AssetKey("rl_report"), limit=1).records[0]
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        report = json.loads((Path(meta["path"]) / "report.json").read_text())
+        rows = json.loads(meta["rows_per_rank"])
+        assert meta["launched_processes"] == 2 and report["processes"]["world_size"] == 2
+        assert rows == [4, 4] and sum(rows) == report["benchmark"]["n"]
+        assert report["checkpoint"]["lineage_sha256"] == lineage_hash(art / "checkpoints" / "rl")
 
 
 def test_a_failing_command_fails_the_asset_and_its_run(tree):
