@@ -35,8 +35,8 @@ DAY_S = 24 * 3600
 CPU_STEP_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
 # Settings (never secrets) that step pods need, copied as NAME=VALUE when set here: a bare
 # NAME would be read in the run pod and fail the launch if unset there.
-FORWARDED_ENV = ("VLMRL_ARTIFACTS", "MLFLOW_TRACKING_URI", "VLMRL_MLFLOW_UI_URL",
-                 "VLMRL_DAGSTER_UI_URL")
+FORWARDED_ENV = ("VLMRL_ARTIFACTS", "VLMRL_CACHE", "VLMRL_RECIPE", "VLMRL_STAGE_LAUNCH", "VLMRL_STEP_GPUS",
+                 "MLFLOW_TRACKING_URI", "VLMRL_MLFLOW_UI_URL", "VLMRL_DAGSTER_UI_URL")
 
 
 def _csv(value: str | None) -> list[str]:

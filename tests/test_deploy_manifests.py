@@ -813,3 +813,12 @@ def test_helm_template_renders_valid_manifests(tmp_path):
     config, _ = dagster_instance_config(str(write_instance(
         tmp_path, yaml.safe_load(instance["data"]["dagster.yaml"]))))
     assert config["concurrency"] == instance_yaml()["concurrency"]
+
+
+def test_the_shared_recipe_gets_one_gpu_per_process():
+    # every pod loads VLMRL_RECIPE; its GPU steps launch launch.num_processes processes, one per GPU
+    from vlmrl.recipes import load_recipe
+
+    env = shared_env()
+    recipe = load_recipe(env["VLMRL_RECIPE"])
+    assert int(env["VLMRL_STEP_GPUS"]) == recipe.launch.num_processes > 1
