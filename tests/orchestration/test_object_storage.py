@@ -17,6 +17,7 @@ from orchestration.tracking import MlflowTracker
 from tests.orchestration.conftest import INSTANCE_YAML, QUIET, SHORT
 from vlmrl import storage
 from vlmrl.artifact_root import ArtifactRoot
+from vlmrl.cli import main as cli_main
 from vlmrl.lineage import lineage_hash
 
 ASSETS = ("raw_data", "sft_frames", "rl_frames", "base_model", "sft_checkpoint", "rl_checkpoint")
@@ -100,6 +101,9 @@ def test_the_graph_on_object_storage(on_s3, tmp_path, capsys):
         out = capsys.readouterr().out
         assert code == 0, out
         assert "the published chain of rl_checkpoint: verified" in out and "agrees with the manifests" in out
+        # the same from the library's command, by asset key in the store's index
+        assert cli_main(["lineage", "rl_checkpoint", "--artifacts", uri]) == 0
+        assert f"{uri}/checkpoints/rl: the published chain verified" in capsys.readouterr().out
         # the same audit catches an object changed on the store after it was published
         weights = next(name for name in storage.read_marker(f"{uri}/checkpoints/sft")["files"]
                        if name.endswith(".safetensors"))
@@ -110,4 +114,6 @@ def test_the_graph_on_object_storage(on_s3, tmp_path, capsys):
         code = dagster_audit.main(["rl_checkpoint", "--artifacts", uri], instance=instance)
         out = capsys.readouterr().out
         assert code == 1 and f"{uri}/checkpoints/sft" in out and "PROBLEM" in out
+        assert cli_main(["lineage", "rl_checkpoint", "--artifacts", uri]) == 1
+        assert "content differs from the marker" in capsys.readouterr().out
     assert not list(tmp_path.glob("s3:*"))  # nothing written to a local directory named after the URI

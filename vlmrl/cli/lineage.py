@@ -9,7 +9,39 @@ from pathlib import Path
 from typing import Any
 
 
+def _remote_lineage(args: argparse.Namespace, tree: Any) -> int:
+    """The audit of an artifact on object storage: its key in the store's index, or its path
+    in the tree (e.g. checkpoints/rl); every artifact of its chain re-hashed where it is
+    stored, pulled into the local cache and audited there (vlmrl.artifact_root)."""
+    from vlmrl.lineage import Anchor, mlflow_anchor
+
+    entry = tree.lookup(args.target) or {}
+    rel = entry.get("path", args.target)
+    anchor, problems = None, []
+    if args.expect_sha256:
+        anchor = Anchor(args.expect_sha256, "the hash given with --expect-sha256")
+    elif args.tracking_uri:
+        try:
+            if not entry.get("mlflow_run_id"):
+                raise LookupError(f"{args.target} names no MLflow run (give the asset key, e.g. rl_checkpoint)")
+            anchor = mlflow_anchor(args.tracking_uri, entry["mlflow_run_id"])
+        except LookupError as exc:
+            problems.append(f"the head cannot be checked against MLflow: {exc}")
+    problems += tree.audit(rel, check_media=not args.skip_media, input_roots=tuple(args.input_root),
+                           anchor=anchor)
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems, "uri": tree.uri(rel),
+                          "cache": str(tree.local(rel))}, indent=1))
+    else:
+        for p in problems:
+            print(f"PROBLEM: {p}")
+        print(f"{tree.uri(rel)}: the published chain " + ("verified" if not problems else
+                                                           f"has {len(problems)} problem(s)"))
+    return 0 if not problems else 1
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from vlmrl.artifact_root import ArtifactRoot
     from vlmrl.lineage import (
         ASSET_INDEX,
         Anchor,
@@ -22,6 +54,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         read_manifest,
     )
 
+    tree = ArtifactRoot(args.artifacts)
+    if tree.remote:
+        return _remote_lineage(args, tree)
     target, entry = find_asset(args.target, Path(args.artifacts) / ASSET_INDEX)
     root = find_root(target, args.artifacts)
     if root is None:
@@ -57,7 +92,8 @@ def add_lineage_command(sub: Any) -> None:
     """Add the ``lineage`` command to the ``vlmrl`` sub-parsers."""
     lineage = sub.add_parser("lineage", help="print and verify a checkpoint's or report's chain back to its raw inputs")
     lineage.add_argument("target", help="checkpoint directory or asset key (e.g. rl_checkpoint)")
-    lineage.add_argument("--artifacts", default="artifacts", help="artifact root holding assets.json")
+    lineage.add_argument("--artifacts", default="artifacts",
+                         help="artifact root holding assets.json, or an object-store root (s3://bucket/prefix)")
     lineage.add_argument("--skip-media", action="store_true", help="do not re-hash media files")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
     lineage.add_argument("--input-root", action="append", default=[], metavar="DIR",
