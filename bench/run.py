@@ -112,6 +112,14 @@ def _ddp(r: dict) -> list[Row]:
                 r["speedup"] > 1.0)]
 
 
+def _storage(r: dict) -> list[Row]:
+    # issue 16's figure: a checkpoint through object storage (moto in-process: overhead, not bandwidth)
+    return [Row(f"S3 round trip of a {r['mib']} MiB checkpoint (moto, 127.0.0.1)",
+                f"push {r['push_s']:.2f} s, pull {r['pull_s']:.2f} s, cached pull {r['pull_cached_s']:.2f} s "
+                f"(local copy {r['copytree_s']:.3f} s)", "identical; cached pull < pull",
+                r["round_trip_identical"] and r["pull_cached_s"] < r["pull_s"])]
+
+
 # name -> (module in bench/, rows from its measure(); seconds allowed)
 MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "frames": ("bench_frames", _frames, 240),
@@ -122,6 +130,7 @@ MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "orchestration": ("bench_orchestration", _orchestration, 600),
     "vision_cache": ("bench_vision_cache", _vision_cache, 300),
     "ddp": ("bench_ddp", _ddp, 300),
+    "storage": ("bench_storage", _storage, 240),
     "gpu": ("bench_gpu", _gpu, 600),
 }
 NOT_YET: list[Row] = []  # measures without a script yet: listed, never silently left out
