@@ -53,7 +53,7 @@ def test_two_process_rl_and_sft(recipe_file, stage_base, stage_sft, stage_frames
             "--frames", str(stage_frames["rl"]), "--out", str(rl_out),
             "--set", "rl.max_steps=2", "--set", "rl.num_generations=4",
             "--set", "rl.temporal.num_shuffled=2", "--set", "rl.per_device_train_batch_size=8",
-            "--set", "rl.save_strategy='no'"], tmp_path)
+            "--set", "rl.dynamic_sampling=true", "--set", "rl.save_strategy='no'"], tmp_path)
     manifest = read_manifest(rl_out)
     replicas = manifest["metrics"]["replicas"]
     assert [r["rank"] for r in replicas] == [0, 1]
@@ -64,6 +64,11 @@ def test_two_process_rl_and_sft(recipe_file, stage_base, stage_sft, stage_frames
     log = json.loads((rl_out / "train_log.json").read_text())
     video_groups = [e["temporal/video_groups"] for e in log if "temporal/video_groups" in e]
     assert video_groups and max(video_groups) > 2  # more groups than one process holds
+    # dynamic sampling on: each process may keep a different number of groups, so the kept
+    # count is equalized across processes (else DDP's collectives would hang and the replicas
+    # above would differ); the logged fraction is the mean over both processes' 4 groups
+    kept = [e["dynamic_sampling/kept_group_fraction"] for e in log if "dynamic_sampling/kept_group_fraction" in e]
+    assert len(kept) == 2 and all(0.0 <= k <= 1.0 and (4 * k).is_integer() for k in kept)  # 4 groups in all
     load_model(rl_out)  # the saved checkpoint loads
 
     sft_out = tmp_path / "sft"
