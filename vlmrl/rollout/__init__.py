@@ -1,0 +1,31 @@
+"""Rollout engines for GRPO-family training (issue 17): vLLM generation for video and
+image prompts, fed the trainer's frames or its vision embeddings, with agreement checks.
+
+Importable without vLLM; `VllmRollout` imports it when built (`make vllm`, docs/vllm.md).
+"""
+
+from vlmrl.rollout.agreement import (
+    LogprobGap,
+    PromptIdsMismatch,
+    check_prompt_ids,
+    hf_completion_logprobs,
+    logprob_gap,
+    vision_token_ids,
+)
+from vlmrl.rollout.inputs import RolloutPrompt, VisionInput, build_rollout_prompts
+from vlmrl.rollout.vllm_engine import RolloutOutput, VllmRollout, language_model_weights
+
+__all__ = [
+    "LogprobGap",
+    "PromptIdsMismatch",
+    "RolloutOutput",
+    "RolloutPrompt",
+    "VisionInput",
+    "VllmRollout",
+    "build_rollout_prompts",
+    "check_prompt_ids",
+    "hf_completion_logprobs",
+    "language_model_weights",
+    "logprob_gap",
+    "vision_token_ids",
+]
