@@ -42,6 +42,10 @@ VIDEO_FPS = 8
 SLOTS = 8  # 0.5 s slots in a 4 s video
 FRAMES_PER_SLOT = 4
 N_FRAMES = SLOTS * FRAMES_PER_SLOT
+# Placement tries per scene before it starts again: a scene whose first objects leave no
+# room for the rest otherwise loops forever (seen: sizes 8/8/8, video_fraction 0.5, seed 0);
+# far above what a placeable scene needs, so every scene that finished before is unchanged.
+MAX_SCENE_TRIES = 10_000
 OBJ = 28  # object size in pixels (14 after a 2x downscale to 56: one vision patch)
 
 COLORS = {
@@ -277,7 +281,11 @@ def _scene(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[tuple[str
     """n non-overlapping objects on a canvas; returns the image and (color, shape, box)."""
     img = _canvas()
     objs: list[tuple[str, str, list[int]]] = []
+    tries = 0
     while len(objs) < n:
+        if tries == MAX_SCENE_TRIES:  # the objects placed so far leave no room: start afresh
+            img, objs, tries = _canvas(), [], 0
+        tries += 1
         cx, cy = (float(v) for v in rng.uniform(OBJ, SIZE - OBJ, size=2))
         box = _box(cx, cy)
         if any(not (box[2] + 4 < b[0] or b[2] + 4 < box[0] or box[3] + 4 < b[1] or b[3] + 4 < box[1]) for *_, b in objs):
