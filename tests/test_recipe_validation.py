@@ -118,7 +118,7 @@ RULE_PATHS = {
     "Recipe": "", "SyntheticData": "data.synthetic", "SynthSizes": "data.synthetic.sizes",
     "TinyModelSpec": "model.tiny", "ModelSettings": "model", "RunSettings": "rl",
     "SFTTrainConfig": "sft", "RLConfig": "rl", "TemporalConfig": "rl.temporal",
-    "LengthBonusConfig": "rl.length_bonus", "RegressionConfig": "rl.regression",
+    "LengthBonusConfig": "rl.length_bonus", "RegressionConfig": "rl.regression", "RolloutConfig": "rl.rollout",
     "AugmentConfig": "rl.augment", "EvalSection": "eval", "SFTPhase": "sft.curriculum[0]",
     "LaunchSettings": "launch",
 }

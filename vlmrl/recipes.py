@@ -59,6 +59,7 @@ from vlmrl.train.rl_config import (
     LengthBonusConfig,
     RegressionConfig,
     RLConfig,
+    RolloutConfig,
     TemporalConfig,
 )
 from vlmrl.train.sft import SFTPhase, SFTTrainConfig
@@ -393,6 +394,7 @@ VALUE_RULES: dict[type, dict[str, Rule]] = {
     LengthBonusConfig: {"l_min": NON_NEGATIVE, "l_max": at_least(1), "min_correct": at_least(1),
                         "correct_threshold": NON_NEGATIVE},
     RegressionConfig: {"eps": POSITIVE},
+    RolloutConfig: {"check_every": at_least(1), "check_samples": at_least(1), "max_logprob_gap": POSITIVE},
     AugmentConfig: {"window": at_least(1), "gain": POSITIVE, "dead_zone": NON_NEGATIVE,
                     "min_history": NON_NEGATIVE, "max_hint_fraction": FRACTION,
                     "max_noise_std": NON_NEGATIVE, "max_mask_prob": FRACTION},

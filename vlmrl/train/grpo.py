@@ -186,7 +186,8 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         self.rl = rl or RLConfig()
         if args.use_vllm:
             raise NotImplementedError(
-                "the vLLM backend does not carry videos; use transformers generation"
+                "TRL's vLLM backend does not carry videos: use rl.rollout.engine = vllm "
+                "(vlmrl's vLLM rollouts, docs/vllm.md)"
             )
         if not isinstance(processing_class, ProcessorMixin):
             raise TypeError(
@@ -253,6 +254,16 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
             DifficultyAugmenter(self.rl.augment, seed) if self.rl.augment.enabled else None
         )
         self.vision_cache = self._attach_vision_cache()
+        self._vllm = self._start_vllm() if self.rl.rollout.engine == "vllm" else None
+
+    def _start_vllm(self) -> Any:
+        if self.accelerator.num_processes > 1:
+            raise ValueError("rl.rollout.engine = vllm runs in a single training process for now "
+                             "(its engine lives in that process; docs/vllm.md)")
+        from vlmrl.train.vllm_generation import VllmGeneration
+
+        return VllmGeneration(self.accelerator.unwrap_model(self.model), self.rl.rollout,
+                              self.args.seed, max_model_len=4096)
 
     def _attach_vision_cache(self) -> VisionEmbeddingCache | None:
         # Attached whenever configured: the cache itself steps aside while the tower trains,
@@ -369,6 +380,7 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         )
         ids = encoded.token_lists()
         n = len(prompts)
+        self._rollout_conversations = list(prompts) + self._extra_prompts  # for vLLM
         self._extra_prompt_ids = ids[n:]
         visual_rows = encoded.visual_rows()
         self._rollout_visual = visual_rows[:n]
@@ -382,15 +394,35 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
         n = len(prompt_ids)
-        completion_ids, logprobs = super()._generate_single_turn(
-            list(prompt_ids) + self._extra_prompt_ids,
-            images,
-            multimodal_fields,
-            num_generations,
-            has_tool_images,
-        )
+        if self._vllm is not None:
+            completion_ids, logprobs = self._vllm_rollout()
+        else:
+            completion_ids, logprobs = super()._generate_single_turn(
+                list(prompt_ids) + self._extra_prompt_ids,
+                images,
+                multimodal_fields,
+                num_generations,
+                has_tool_images,
+            )
         self._extra_completion_ids = completion_ids[n:]
         return completion_ids[:n], (None if logprobs is None else logprobs[:n])
+
+    def _vllm_rollout(self) -> tuple[list[list[int]], list[list[float]]]:
+        """Ordered and shuffled prompts in one vLLM call, after syncing this step's weights."""
+        model = self.accelerator.unwrap_model(self.model)
+        step = self.state.global_step
+        self._vllm.sync(model, step)
+        checked = self._vllm.checked_step
+        out = self._vllm.generate(
+            model, self.processing_class, self._rollout_conversations, step,
+            max_tokens=self.max_completion_length, temperature=self.temperature, top_p=self.top_p,
+            top_k=self.top_k or 0, suppress_token_ids=self.generation_kwargs["suppress_tokens"],
+            template_kwargs=self.chat_template_kwargs,
+        )
+        if self._vllm.checked_step != checked or checked is None:  # the gate ran this rollout
+            self._log("rollout/logprob_gap_max", self._vllm.last_gap.max_abs)
+            self._log("rollout/logprob_gap_mean", self._vllm.last_gap.mean_abs)
+        return out
 
     # ------------------------------------------------------------------ rewards
 

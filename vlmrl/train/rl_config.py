@@ -70,6 +70,30 @@ class TemporalConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How rollouts are generated (docs/vllm.md).
+
+    engine: "transformers" (the policy's own `generate`, default) or "vllm"
+        (`vlmrl.rollout.VllmRollout` in the training process, from the environment
+        `make vllm` builds; one process; the policy must come from a local checkpoint).
+    vision: what vLLM gets for images and videos: "auto" (the trainer's vision embeddings
+        when the tower is frozen, else pixels), "embeddings" or "pixels".
+    check_every / check_samples / max_logprob_gap: the agreement gate. At the first
+        rollout and every `check_every` steps the trainer recomputes the log-probs of
+        `check_samples` vLLM completions; a per-token gap above `max_logprob_gap` stops
+        the run, naming what can disagree. Prompt ids are checked on every rollout.
+    vllm_kwargs: passed to `vllm.LLM` (e.g. gpu_memory_utilization, max_model_len).
+    """
+
+    engine: Literal["transformers", "vllm"] = "transformers"
+    vision: Literal["auto", "embeddings", "pixels"] = "auto"
+    check_every: int = 10
+    check_samples: int = 4
+    max_logprob_gap: float = 1e-3
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class LengthBonusConfig:
     """Video-R1 length reward: when >= min_correct completions of a group are correct
     (accuracy > correct_threshold), each correct one with l_min <= tokens <= l_max gets +omega."""
@@ -154,6 +178,7 @@ class RLConfig(TrainingSettings):
         shaping terms excluded), accuracy_reward (the reward whose value is "accuracy" for
         the temporal / length shaping).
     Seed, precision, logging and the trainer's own checkpoints (resume): `RunSettings`.
+    rollout: the generation engine and vLLM's agreement gate (RolloutConfig)
     vision_cache_mb: memory bound of the vision-embedding cache
         (vlmrl.models.vision_cache), in MiB on the training device; 0 turns it off. It is
         used only while the vision tower is frozen (``freeze_vision``): the embeddings of a
@@ -187,6 +212,7 @@ class RLConfig(TrainingSettings):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     vision_cache_mb: float = 1024.0
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

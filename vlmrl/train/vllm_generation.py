@@ -1,0 +1,112 @@
+"""The RL trainer's rollouts through vLLM (``rl.rollout.engine: vllm``, docs/vllm.md).
+
+`VideoGRPOTrainer` hands over the same conversations it encodes for the loss (ordered and
+T-GRPO's shuffled-frame prompts, in one call); vLLM gets them with unexpanded placeholders
+and, with the vision tower frozen, the trainer's own vision embeddings (served by the
+vision-embedding cache), so the encoder never disagrees. Every rollout checks that vLLM's
+expanded prompt ids equal the processor's; the agreement gate recomputes a few samples'
+log-probs with the policy at the first rollout and every ``check_every`` steps, and stops
+the run when they disagree. New weights go to the engine once per optimizer step (the
+language model only while the tower is frozen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlmrl.rollout import (
+    LogprobGap,
+    VllmRollout,
+    build_rollout_prompts,
+    hf_completion_logprobs,
+    language_model_weights,
+    logprob_gap,
+)
+from vlmrl.train.rl_config import RolloutConfig
+
+
+class RolloutDisagreement(RuntimeError):
+    """vLLM's sampled log-probs and the policy's differ beyond rl.rollout.max_logprob_gap."""
+
+
+def _tower_frozen(model: Any) -> bool:
+    tower = getattr(getattr(model, "model", model), "visual", None)
+    return tower is not None and not any(p.requires_grad for p in tower.parameters())
+
+
+class VllmGeneration:
+    """One vLLM engine serving a trainer's rollouts (see the module doc).
+
+    model: the unwrapped policy, loaded from a local checkpoint directory (vLLM starts from
+    its files, then takes the policy's current weights).
+    """
+
+    def __init__(self, model: Any, cfg: RolloutConfig, seed: int, max_model_len: int) -> None:
+        source = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+        if not (source / "config.json").is_file():
+            raise ValueError("rl.rollout.engine = vllm needs the policy loaded from a local checkpoint "
+                             f"directory (got {str(source)!r})")
+        self.cfg = cfg
+        frozen = _tower_frozen(model)
+        self.vision = cfg.vision if cfg.vision != "auto" else ("embeddings" if frozen else "pixels")
+        if self.vision == "embeddings" and not frozen:
+            raise ValueError("rl.rollout.vision = embeddings needs a frozen vision tower "
+                             "(model.freeze_vision): a trainable tower's embeddings change every step")
+        kwargs = {"max_model_len": max_model_len, **cfg.vllm_kwargs}
+        self.engine = VllmRollout(source, seed=seed, **kwargs)
+        self.synced_step: int | None = None
+        self.checked_step: int | None = None
+        self.last_gap: LogprobGap | None = None
+
+    def sync(self, model: Any, step: int) -> bool:
+        """Send the policy's weights once per optimizer step; True when it did."""
+        if step == self.synced_step:
+            return False
+        if _tower_frozen(model):
+            weights = language_model_weights(model)
+        else:
+            weights = [(n, t.detach()) for n, t in model.state_dict().items()]
+        self.engine.update_weights(weights)
+        self.synced_step = step
+        return True
+
+    def generate(self, model: Any, processor: Any, conversations: Sequence[Any], step: int, *,
+                 max_tokens: int, temperature: float, top_p: float, top_k: int,
+                 suppress_token_ids: Sequence[int],
+                 template_kwargs: dict[str, Any]) -> tuple[list[list[int]], list[list[float]]]:
+        """One completion per conversation (rows already repeat each prompt G times), with
+        the sampled tokens' log-probs; the agreement gate runs when it is due."""
+        prompts = build_rollout_prompts(processor, conversations, vision=self.vision,
+                                        model=model if self.vision == "embeddings" else None,
+                                        **template_kwargs)
+        outputs = self.engine.generate(prompts, 1, max_tokens, temperature=temperature, top_p=top_p,
+                                       top_k=top_k, suppress_token_ids=suppress_token_ids)
+        ids = [o.completion_ids[0] for o in outputs]
+        logprobs = [o.logprobs[0] for o in outputs]
+        if self.checked_step is None or step - self.checked_step >= self.cfg.check_every:
+            self.check(model, prompts, ids, logprobs, step, temperature=temperature,
+                       suppress_token_ids=suppress_token_ids, pad_token_id=processor.tokenizer.pad_token_id)
+        return ids, logprobs
+
+    def check(self, model: Any, prompts: Sequence[Any], ids: Sequence[list[int]],
+              logprobs: Sequence[list[float]], step: int, *, temperature: float,
+              suppress_token_ids: Sequence[int], pad_token_id: int | None) -> LogprobGap:
+        """The agreement gate: the policy's log-probs of a few vLLM samples vs vLLM's."""
+        picked = [i for i, c in enumerate(ids) if c][: self.cfg.check_samples]
+        if not picked:
+            raise RolloutDisagreement("the agreement gate found no non-empty vLLM completion to check")
+        ours = [hf_completion_logprobs(model, prompts[i], [ids[i]], temperature=temperature,
+                                       suppress_token_ids=suppress_token_ids,
+                                       pad_token_id=pad_token_id or 0)[0] for i in picked]
+        gap = logprob_gap(ours, [logprobs[i] for i in picked])
+        self.last_gap, self.checked_step = gap, step
+        if gap.max_abs > self.cfg.max_logprob_gap:
+            raise RolloutDisagreement(
+                f"step {step}: vLLM's sampled log-probs differ from the policy's by up to "
+                f"{gap.max_abs:.3g} per token (mean {gap.mean_abs:.3g}, {gap.num_tokens} tokens) > "
+                f"rl.rollout.max_logprob_gap = {self.cfg.max_logprob_gap}. Prompt ids agree (checked on "
+                f"every rollout), so the difference is in the vision inputs (rl.rollout.vision = "
+                f"{self.vision}) or the weights (last synced at step {self.synced_step})")
+        return gap
