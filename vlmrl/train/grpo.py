@@ -419,7 +419,7 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
             top_k=self.top_k or 0, suppress_token_ids=self.generation_kwargs["suppress_tokens"],
             template_kwargs=self.chat_template_kwargs,
         )
-        if self._vllm.checked_step != checked or checked is None:  # the gate ran this rollout
+        if self._vllm.checked_step != checked:  # the gate ran this rollout
             self._log("rollout/logprob_gap_max", self._vllm.last_gap.max_abs)
             self._log("rollout/logprob_gap_mean", self._vllm.last_gap.mean_abs)
         return out
