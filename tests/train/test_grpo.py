@@ -33,8 +33,11 @@ def ordered_frames_accuracy(prompts, completions, frames, data_type, **kwargs):
     return scores
 
 
-def make_trainer(model_dir, dataset, tmp_path, reward_funcs=(varied_reward,), **overrides):
+def make_trainer(model_dir, dataset, tmp_path, reward_funcs=(varied_reward,), freeze_vision=False,
+                 **overrides):
     loaded = load_model(model_dir)
+    if freeze_vision:
+        freeze_vision_tower(loaded.model)
     settings = dict(
         algorithm="grpo",
         num_generations=4,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from vlmrl.cli.data import add_data_commands
 from vlmrl.cli.eval import add_eval_commands
 from vlmrl.cli.lineage import add_lineage_command
+from vlmrl.cli.rollout import add_rollout_commands
 from vlmrl.cli.train import add_train_commands
 from vlmrl.doctor.run import add_doctor_command
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lineage_command(sub)
     add_eval_commands(sub)
     add_train_commands(sub)
+    add_rollout_commands(sub)
     add_doctor_command(sub)
     return parser
 

@@ -12,7 +12,7 @@ from vlmrl.rollout.agreement import (
     logprob_gap,
     vision_token_ids,
 )
-from vlmrl.rollout.inputs import RolloutPrompt, VisionInput, build_rollout_prompts
+from vlmrl.rollout.inputs import RolloutPrompt, VisionInput, build_rollout_prompts, rollout_prompts
 from vlmrl.rollout.vllm_engine import RolloutOutput, VllmRollout, language_model_weights
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "hf_completion_logprobs",
     "language_model_weights",
     "logprob_gap",
+    "rollout_prompts",
     "vision_token_ids",
 ]

@@ -30,6 +30,7 @@ import torch
 from vlmrl.models.multimodal import (
     ChatMedia,
     Conversation,
+    EncodedChats,
     chat_media,
     encode_texts,
     render_chats,
@@ -113,13 +114,26 @@ def build_rollout_prompts(
     `hf_prompt_ids` are exactly the ids the trainer trains on. With vision="embeddings"
     `model` (the HF policy, tower frozen) computes the visual embeddings.
     """
+    texts = render_chats(processor, conversations, True, **template_kwargs)
+    media = [chat_media(c) for c in conversations]
+    encoded = encode_texts(processor, texts, media, padding_side="left")
+    return rollout_prompts(texts, media, encoded, vision=vision, model=model)
+
+
+def rollout_prompts(
+    texts: Sequence[str],
+    media: Sequence[ChatMedia],
+    encoded: EncodedChats,
+    *,
+    vision: VisionInput = "pixels",
+    model: Any = None,
+) -> list[RolloutPrompt]:
+    """`build_rollout_prompts` from a batch already rendered and encoded (the trainer's
+    own processor call: no second one for vLLM)."""
     if vision not in ("pixels", "embeddings"):
         raise ValueError(f"vision must be 'pixels' or 'embeddings', got {vision!r}")
     if vision == "embeddings" and model is None:
         raise ValueError("vision='embeddings' needs the HF model whose vision tower computes them")
-    texts = render_chats(processor, conversations, True, **template_kwargs)
-    media = [chat_media(c) for c in conversations]
-    encoded = encode_texts(processor, texts, media, padding_side="left")
     ids = encoded.token_lists()
     prompts = []
     for text, m, row_ids, visual in zip(texts, media, ids, encoded.visual_rows(), strict=True):

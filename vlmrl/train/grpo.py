@@ -53,7 +53,13 @@ from trl import GRPOConfig, GRPOTrainer
 from vlmrl.data.extract import encoded_frames, read_frames
 from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
-from vlmrl.models.multimodal import collate_visual_rows, encode_chats, mm_token_types
+from vlmrl.models.multimodal import (
+    chat_media,
+    collate_visual_rows,
+    encode_texts,
+    mm_token_types,
+    render_chats,
+)
 from vlmrl.models.saving import save_model_dir
 from vlmrl.models.vision_cache import VisionEmbeddingCache, vision_tower
 from vlmrl.rewards import get_reward
@@ -257,13 +263,30 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         self._vllm = self._start_vllm() if self.rl.rollout.engine == "vllm" else None
 
     def _start_vllm(self) -> Any:
-        if self.accelerator.num_processes > 1:
-            raise ValueError("rl.rollout.engine = vllm runs in a single training process for now "
-                             "(its engine lives in that process; docs/vllm.md)")
+        cfg = self.rl.rollout
+        if cfg.mode == "colocate" and self.accelerator.num_processes > 1:
+            raise ValueError("rl.rollout.mode = colocate runs vLLM inside the one training process: "
+                             "with several, serve it (rl.rollout.mode = server, docs/vllm.md)")
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # the main process sends the weights from its state_dict, whole only without sharding
+            raise ValueError("rl.rollout.engine = vllm syncs weights from one process's state_dict: "
+                             "not with FSDP or DeepSpeed (use DDP)")
         from vlmrl.train.vllm_generation import VllmGeneration
 
-        return VllmGeneration(self.accelerator.unwrap_model(self.model), self.rl.rollout,
-                              self.args.seed, max_model_len=4096)
+        generation = VllmGeneration(self.accelerator.unwrap_model(self.model), cfg,
+                                    self.args.seed, max_model_len=4096)
+        if cfg.accepts_importance_sampling:
+            # TRL 1.16's vLLM correction (the policy's old log-probs of every sample, their
+            # ratio to the sampling log-probs, truncated or masked, in every token's loss;
+            # sampling/* metrics) is keyed on `use_vllm`, which must be False while TRL
+            # builds (its own vLLM backend sends no videos). Past construction the flag
+            # reaches only that correction: rollouts go through `_generate_single_turn`.
+            self.use_vllm = True
+            self.vllm_importance_sampling_correction = True
+            self.vllm_importance_sampling_mode = cfg.importance_sampling
+            self.vllm_importance_sampling_clip_max = cfg.importance_sampling_max
+            self.vllm_importance_sampling_clip_min = cfg.importance_sampling_min
+        return generation
 
     def _attach_vision_cache(self) -> VisionEmbeddingCache | None:
         # Attached whenever configured: the cache itself steps aside while the tower trains,
@@ -372,15 +395,13 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
     def _tokenize_prompts(self, prompts: list) -> tuple[list[list[int]], None, dict[str, Any]]:
         # Ordered and shuffled prompts are encoded together; only the ordered ones are
         # returned to TRL, the shuffled ids wait for `_generate_single_turn`.
-        encoded = encode_chats(
-            self.processing_class,
-            list(prompts) + self._extra_prompts,
-            True,
-            **self.chat_template_kwargs,
-        )
+        conversations = list(prompts) + self._extra_prompts
+        texts = render_chats(self.processing_class, conversations, True, **self.chat_template_kwargs)
+        media = [chat_media(c) for c in conversations]
+        encoded = encode_texts(self.processing_class, texts, media)
+        self._rollout_batch = (texts, media, encoded)  # vLLM's prompts are built from it
         ids = encoded.token_lists()
         n = len(prompts)
-        self._rollout_conversations = list(prompts) + self._extra_prompts  # for vLLM
         self._extra_prompt_ids = ids[n:]
         visual_rows = encoded.visual_rows()
         self._rollout_visual = visual_rows[:n]
@@ -411,13 +432,18 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         """Ordered and shuffled prompts in one vLLM call, after syncing this step's weights."""
         model = self.accelerator.unwrap_model(self.model)
         step = self.state.global_step
-        self._vllm.sync(model, step)
+        if self._vllm.needs_sync(step):
+            # one sender (a server's other clients only wait), and nobody generates before
+            # the new weights are in
+            self._vllm.sync(model, step, send=self.accelerator.is_main_process)
+            self.accelerator.wait_for_everyone()
+        prompts = self._vllm.prompts(model, *self._rollout_batch)
         checked = self._vllm.checked_step
         out = self._vllm.generate(
-            model, self.processing_class, self._rollout_conversations, step,
-            max_tokens=self.max_completion_length, temperature=self.temperature, top_p=self.top_p,
-            top_k=self.top_k or 0, suppress_token_ids=self.generation_kwargs["suppress_tokens"],
-            template_kwargs=self.chat_template_kwargs,
+            model, prompts, step, max_tokens=self.max_completion_length,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0,
+            suppress_token_ids=self.generation_kwargs["suppress_tokens"],
+            pad_token_id=self.processing_class.tokenizer.pad_token_id,
         )
         if self._vllm.checked_step != checked:  # the gate ran this rollout
             self._log("rollout/logprob_gap_max", self._vllm.last_gap.max_abs)

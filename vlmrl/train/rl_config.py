@@ -74,23 +74,52 @@ class RolloutConfig:
     """How rollouts are generated (docs/vllm.md).
 
     engine: "transformers" (the policy's own `generate`, default) or "vllm"
-        (`vlmrl.rollout.VllmRollout` in the training process, from the environment
-        `make vllm` builds; one process; the policy must come from a local checkpoint).
+        (`vlmrl.rollout`, from the environment `make vllm` builds; the policy must come
+        from a local checkpoint directory).
+    mode: where the vLLM engine runs. "colocate": in the training process (one process).
+        "server": in a `vlmrl rollout-serve` process at `server_url`; any number of
+        training processes send it their prompts, the main one its weights.
+    server_url: the server's address in server mode (e.g. http://127.0.0.1:8000).
     vision: what vLLM gets for images and videos: "auto" (the trainer's vision embeddings
         when the tower is frozen, else pixels), "embeddings" or "pixels".
     check_every / check_samples / max_logprob_gap: the agreement gate. At the first
         rollout and every `check_every` steps the trainer recomputes the log-probs of
         `check_samples` vLLM completions; a per-token gap above `max_logprob_gap` stops
         the run, naming what can disagree. Prompt ids are checked on every rollout.
-    vllm_kwargs: passed to `vllm.LLM` (e.g. gpu_memory_utilization, max_model_len).
+    importance_sampling: "off" (default: the gate stops a disagreeing run), or accept the
+        gap and correct for it: each token's (or sequence's) loss is weighted by
+        pi_trainer / pi_vllm, truncated at `importance_sampling_max` ("*_truncate") or
+        zeroed outside [importance_sampling_min, importance_sampling_max] ("*_mask"). TRL's
+        vLLM correction, reached here; the gate then logs the gap without stopping.
+    importance_sampling_max / importance_sampling_min: the stated bounds of that ratio.
+    vllm_kwargs: passed to the engine (`VllmRollout`: e.g. gpu_memory_utilization,
+        max_model_len, mrope) in colocate mode.
     """
 
     engine: Literal["transformers", "vllm"] = "transformers"
+    mode: Literal["colocate", "server"] = "colocate"
+    server_url: str | None = None
     vision: Literal["auto", "embeddings", "pixels"] = "auto"
     check_every: int = 10
     check_samples: int = 4
     max_logprob_gap: float = 1e-3
+    importance_sampling: Literal["off", "token_truncate", "token_mask", "sequence_truncate",
+                                 "sequence_mask"] = "off"
+    importance_sampling_max: float = 2.0
+    importance_sampling_min: float | None = None
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode == "server" and not self.server_url:
+            raise ValueError("rl.rollout.mode = server needs rl.rollout.server_url "
+                             "(the address `vlmrl rollout-serve` listens on)")
+        if self.importance_sampling_min is not None and (
+                self.importance_sampling_min >= self.importance_sampling_max):
+            raise ValueError("rl.rollout.importance_sampling_min must be below importance_sampling_max")
+
+    @property
+    def accepts_importance_sampling(self) -> bool:
+        return self.engine == "vllm" and self.importance_sampling != "off"
 
 
 @dataclass
@@ -231,6 +260,11 @@ class RLConfig(TrainingSettings):
             )
         if self.temporal_enabled and self.num_shuffled < 1:
             raise ValueError("T-GRPO needs num_shuffled >= 1")
+        if self.algorithm == "reg_grpo" and self.rollout.accepts_importance_sampling:
+            # the correction weights the clipped surrogate's tokens; the regression loss has none
+            raise ValueError("rl.rollout.importance_sampling is defined for the policy-gradient "
+                             "losses, not reg_grpo's regression: leave it 'off' (the gate then "
+                             "stops a disagreeing run)")
 
     @property
     def temporal_enabled(self) -> bool:

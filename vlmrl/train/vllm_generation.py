@@ -1,13 +1,17 @@
 """The RL trainer's rollouts through vLLM (``rl.rollout.engine: vllm``, docs/vllm.md).
 
-`VideoGRPOTrainer` hands over the same conversations it encodes for the loss (ordered and
-T-GRPO's shuffled-frame prompts, in one call); vLLM gets them with unexpanded placeholders
+`VideoGRPOTrainer` hands over the batch it encodes for the loss (ordered and T-GRPO's
+shuffled-frame prompts, one processor call); vLLM gets it with unexpanded placeholders
 and, with the vision tower frozen, the trainer's own vision embeddings (served by the
 vision-embedding cache), so the encoder never disagrees. Every rollout checks that vLLM's
 expanded prompt ids equal the processor's; the agreement gate recomputes a few samples'
 log-probs with the policy at the first rollout and every ``check_every`` steps, and stops
-the run when they disagree. New weights go to the engine once per optimizer step (the
-language model only while the tower is frozen).
+the run when they disagree (unless the recipe accepts importance-sampling correction).
+New weights go to the engine once per optimizer step: all of them the first time, then
+the language model only while the tower is frozen.
+
+The engine is a `VllmRollout` in this process (mode "colocate") or a `RolloutClient` of a
+`vlmrl rollout-serve` process (mode "server"); both have the same interface.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmrl.models.multimodal import ChatMedia, EncodedChats
 from vlmrl.rollout import (
     LogprobGap,
-    VllmRollout,
-    build_rollout_prompts,
+    RolloutPrompt,
     hf_completion_logprobs,
     language_model_weights,
     logprob_gap,
+    rollout_prompts,
 )
 from vlmrl.train.rl_config import RolloutConfig
 
@@ -36,61 +41,82 @@ def _tower_frozen(model: Any) -> bool:
     return tower is not None and not any(p.requires_grad for p in tower.parameters())
 
 
+def _engine(model: Any, cfg: RolloutConfig, seed: int, max_model_len: int) -> Any:
+    if cfg.mode == "server":
+        from vlmrl.rollout.server import RolloutClient
+
+        client = RolloutClient(cfg.server_url)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if client.vocab_size != vocab:
+            raise ValueError(f"the rollout server at {cfg.server_url} serves a model with "
+                             f"{client.vocab_size} tokens, the policy has {vocab}")
+        return client
+    source = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    if not (source / "config.json").is_file():
+        raise ValueError("rl.rollout.engine = vllm needs the policy loaded from a local checkpoint "
+                         f"directory (got {str(source)!r})")
+    from vlmrl.rollout import VllmRollout
+
+    return VllmRollout(source, seed=seed, **{"max_model_len": max_model_len, **cfg.vllm_kwargs})
+
+
 class VllmGeneration:
     """One vLLM engine serving a trainer's rollouts (see the module doc).
 
-    model: the unwrapped policy, loaded from a local checkpoint directory (vLLM starts from
-    its files, then takes the policy's current weights).
+    model: the unwrapped policy. Colocated, vLLM starts from the policy's checkpoint
+    directory; in server mode from the server's. Either way the first sync sends every
+    weight, so the engine then holds the policy's.
     """
 
     def __init__(self, model: Any, cfg: RolloutConfig, seed: int, max_model_len: int) -> None:
-        source = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-        if not (source / "config.json").is_file():
-            raise ValueError("rl.rollout.engine = vllm needs the policy loaded from a local checkpoint "
-                             f"directory (got {str(source)!r})")
         self.cfg = cfg
         frozen = _tower_frozen(model)
         self.vision = cfg.vision if cfg.vision != "auto" else ("embeddings" if frozen else "pixels")
         if self.vision == "embeddings" and not frozen:
             raise ValueError("rl.rollout.vision = embeddings needs a frozen vision tower "
                              "(model.freeze_vision): a trainable tower's embeddings change every step")
-        kwargs = {"max_model_len": max_model_len, **cfg.vllm_kwargs}
-        self.engine = VllmRollout(source, seed=seed, **kwargs)
+        self.engine = _engine(model, cfg, seed, max_model_len)
         self.synced_step: int | None = None
         self.checked_step: int | None = None
         self.last_gap: LogprobGap | None = None
 
-    def sync(self, model: Any, step: int) -> bool:
-        """Send the policy's weights once per optimizer step; True when it did."""
-        if step == self.synced_step:
-            return False
-        if _tower_frozen(model):
-            weights = language_model_weights(model)
-        else:
-            weights = [(n, t.detach()) for n, t in model.state_dict().items()]
-        self.engine.update_weights(weights)
-        self.synced_step = step
-        return True
+    def needs_sync(self, step: int) -> bool:
+        return step != self.synced_step
 
-    def generate(self, model: Any, processor: Any, conversations: Sequence[Any], step: int, *,
+    def sync(self, model: Any, step: int, *, send: bool = True) -> None:
+        """Mark this step's weights as the engine's; `send` them (the process that owns
+        the engine's weights does; other training processes of a server only wait)."""
+        if send:
+            first = self.synced_step is None
+            if _tower_frozen(model) and not first:
+                weights = language_model_weights(model)
+            else:
+                weights = [(n, t.detach()) for n, t in model.state_dict().items()]
+            self.engine.update_weights(weights)
+        self.synced_step = step
+
+    def prompts(self, model: Any, texts: Sequence[str], media: Sequence[ChatMedia],
+                encoded: EncodedChats) -> list[RolloutPrompt]:
+        """vLLM's inputs for the trainer's encoded batch (no second processor call)."""
+        return rollout_prompts(texts, media, encoded, vision=self.vision,
+                               model=model if self.vision == "embeddings" else None)
+
+    def generate(self, model: Any, prompts: Sequence[RolloutPrompt], step: int, *,
                  max_tokens: int, temperature: float, top_p: float, top_k: int,
                  suppress_token_ids: Sequence[int],
-                 template_kwargs: dict[str, Any]) -> tuple[list[list[int]], list[list[float]]]:
-        """One completion per conversation (rows already repeat each prompt G times), with
-        the sampled tokens' log-probs; the agreement gate runs when it is due."""
-        prompts = build_rollout_prompts(processor, conversations, vision=self.vision,
-                                        model=model if self.vision == "embeddings" else None,
-                                        **template_kwargs)
+                 pad_token_id: int | None) -> tuple[list[list[int]], list[list[float]]]:
+        """One completion per prompt (rows already repeat each prompt G times), with the
+        sampled tokens' log-probs; the agreement gate runs when it is due."""
         outputs = self.engine.generate(prompts, 1, max_tokens, temperature=temperature, top_p=top_p,
                                        top_k=top_k, suppress_token_ids=suppress_token_ids)
         ids = [o.completion_ids[0] for o in outputs]
         logprobs = [o.logprobs[0] for o in outputs]
         if self.checked_step is None or step - self.checked_step >= self.cfg.check_every:
             self.check(model, prompts, ids, logprobs, step, temperature=temperature,
-                       suppress_token_ids=suppress_token_ids, pad_token_id=processor.tokenizer.pad_token_id)
+                       suppress_token_ids=suppress_token_ids, pad_token_id=pad_token_id)
         return ids, logprobs
 
-    def check(self, model: Any, prompts: Sequence[Any], ids: Sequence[list[int]],
+    def check(self, model: Any, prompts: Sequence[RolloutPrompt], ids: Sequence[list[int]],
               logprobs: Sequence[list[float]], step: int, *, temperature: float,
               suppress_token_ids: Sequence[int], pad_token_id: int | None) -> LogprobGap:
         """The agreement gate: the policy's log-probs of a few vLLM samples vs vLLM's."""
@@ -102,11 +128,13 @@ class VllmGeneration:
                                        pad_token_id=pad_token_id or 0)[0] for i in picked]
         gap = logprob_gap(ours, [logprobs[i] for i in picked])
         self.last_gap, self.checked_step = gap, step
-        if gap.max_abs > self.cfg.max_logprob_gap:
+        if gap.max_abs > self.cfg.max_logprob_gap and not self.cfg.accepts_importance_sampling:
             raise RolloutDisagreement(
                 f"step {step}: vLLM's sampled log-probs differ from the policy's by up to "
                 f"{gap.max_abs:.3g} per token (mean {gap.mean_abs:.3g}, {gap.num_tokens} tokens) > "
                 f"rl.rollout.max_logprob_gap = {self.cfg.max_logprob_gap}. Prompt ids agree (checked on "
                 f"every rollout), so the difference is in the vision inputs (rl.rollout.vision = "
-                f"{self.vision}) or the weights (last synced at step {self.synced_step})")
+                f"{self.vision}), the positions, or the weights (last synced at step "
+                f"{self.synced_step}). To train through it, accept a bounded correction: "
+                "rl.rollout.importance_sampling (docs/vllm.md)")
         return gap
