@@ -34,21 +34,9 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="default: the recipe's max_completion_length")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--gaps", action="store_true", help="only the agreement table")
-    parser.add_argument("--mrope", choices=("transformers", "vllm"), default="transformers")
-    args = parser.parse_args()
-    if args.gaps:
-        gap_table(args)
-        return
-
+def rollout_speed(prompts: int = 8, samples: int = 8, repeats: int = 3,
+                  max_tokens: int | None = None, mrope: str = "transformers") -> dict:
+    """Medians of HF generate and both vLLM paths on one rollout batch, with their gaps."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -65,14 +53,14 @@ def main() -> None:
     from vlmrl.train.prompts import build_prompt
 
     work = Path(tempfile.mkdtemp(prefix="bench_vllm_"))
-    demo = build_rollout_demo(work, num_rows=args.prompts)
+    demo = build_rollout_demo(work, num_rows=prompts)
     rl = demo.recipe.rl
-    max_tokens = args.max_tokens or rl.max_completion_length
-    convs = [build_prompt(r, rl.prompt) for r in demo.rows[: args.prompts]]
+    max_tokens = max_tokens or rl.max_completion_length
+    convs = [build_prompt(r, rl.prompt) for r in demo.rows[: prompts]]
     processor = AutoProcessor.from_pretrained(demo.model_dir)
     model = AutoModelForImageTextToText.from_pretrained(demo.model_dir, dtype=torch.float32).eval()
     banned = vision_token_ids(model.config)
-    g = args.samples
+    g = samples
 
     def hf_rollout() -> int:
         # the trainer's generation: each prompt G times, one call
@@ -87,7 +75,7 @@ def main() -> None:
         return sum(_length(row.tolist(), eos) for row in completions)
 
     start = time.perf_counter()
-    engine = VllmRollout(demo.model_dir, max_model_len=4096, seed=0, mrope=args.mrope)
+    engine = VllmRollout(demo.model_dir, max_model_len=4096, seed=0, mrope=mrope)
     init_s = time.perf_counter() - start
 
     def vllm_rollout(vision: str) -> tuple[int, list, list]:
@@ -103,7 +91,7 @@ def main() -> None:
     tokens: dict[str, int] = {}
     last: dict[str, tuple] = {}
     hf_rollout(), vllm_rollout("pixels"), vllm_rollout("embeddings")  # warm-up, untimed
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name in timings:
             start = time.perf_counter()
             if name == "hf":
@@ -125,26 +113,51 @@ def main() -> None:
         gap = logprob_gap(ours, theirs)
         results[name]["gap_max"], results[name]["gap_mean"] = gap.max_abs, gap.mean_abs
     sync = []
-    for _ in range(args.repeats):  # the same weights back: the cost of one in-place sync
+    for _ in range(repeats):  # the same weights back: the cost of one in-place sync
         start = time.perf_counter()
         engine.update_weights(language_model_weights(model))
         sync.append(time.perf_counter() - start)
     sync_s = statistics.median(sync)
     engine.close()
 
+    return {"init_s": init_s, "sync_s": sync_s, "results": results, "prompts": prompts,
+            "samples": g, "max_tokens": max_tokens, "threads": torch.get_num_threads()}
+
+
+def measure(quick: bool = False) -> dict:
+    """`make bench`'s entry (bench/run.py runs it with .venv-vllm's python)."""
+    return rollout_speed(repeats=1 if quick else 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="default: the recipe's max_completion_length")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--gaps", action="store_true", help="only the agreement table")
+    parser.add_argument("--mrope", choices=("transformers", "vllm"), default="transformers")
+    args = parser.parse_args()
+    if args.gaps:
+        gap_table(args)
+        return
+    r = rollout_speed(args.prompts, args.samples, args.repeats, args.max_tokens, args.mrope)
+    results, init_s, sync_s = r["results"], r["init_s"], r["sync_s"]
     hf_s = results["hf"]["median_s"]
-    print(f"rollout batch: {args.prompts} prompts x {g} samples, max {max_tokens} tokens, "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; vLLM engine start "
+    print(f"rollout batch: {r['prompts']} prompts x {r['samples']} samples, max {r['max_tokens']} "
+          f"tokens, torch threads {r['threads']}, {os.cpu_count()} CPUs; vLLM engine start "
           f"{init_s:.1f} s (once), language-model weight sync {sync_s * 1000:.0f} ms")
     print(f"{'path':<22}{'median s':>10}{'tokens':>8}{'tok/s':>9}{'HF / this':>11}"
           f"{'gap max':>11}{'gap mean':>11}")
     for name, label in (("hf", "transformers generate"), ("pixels", "vLLM, pixels"),
                         ("embeddings", "vLLM, HF embeddings")):
-        r = results[name]
-        gap = (f"{r['gap_max']:>11.2e}{r['gap_mean']:>11.2e}" if "gap_max" in r
+        row = results[name]
+        gap = (f"{row['gap_max']:>11.2e}{row['gap_mean']:>11.2e}" if "gap_max" in row
                else f"{'-':>11}{'-':>11}")
-        print(f"{label:<22}{r['median_s']:>10.2f}{r['tokens']:>8}{r['tokens_per_s']:>9.0f}"
-              f"{hf_s / r['median_s']:>10.2f}x{gap}")
+        print(f"{label:<22}{row['median_s']:>10.2f}{row['tokens']:>8}{row['tokens_per_s']:>9.0f}"
+              f"{hf_s / row['median_s']:>10.2f}x{gap}")
     if args.json:
         args.json.write_text(json.dumps({"init_s": init_s, "sync_s": sync_s, "results": results}, indent=2) + "\n")
 

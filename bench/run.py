@@ -120,6 +120,19 @@ def _storage(r: dict) -> list[Row]:
                 r["round_trip_identical"] and r["pull_cached_s"] < r["pull_s"])]
 
 
+def _vllm(r: dict) -> list[Row]:
+    # issue 17's figure: rollout time of vLLM vs the trainer's `generate`, same batch, and
+    # their per-token log-prob gaps (the agreement gate's quantity)
+    res = r["results"]
+    hf = res["hf"]["median_s"]
+    paths = ", ".join(f"{name} {hf / res[name]['median_s']:.2f}x (gap {res[name]['gap_max']:.1e})"
+                      for name in ("pixels", "embeddings"))
+    gaps_ok = max(res[n]["gap_max"] for n in ("pixels", "embeddings")) < 1e-4
+    return [Row(f"vLLM rollout vs transformers generate, {r['prompts']} videos x {r['samples']} "
+                "samples (tiny, CPU)", f"{paths}; generate {hf:.2f} s", "> 1x, gap < 1e-4",
+                gaps_ok and all(hf / res[n]["median_s"] > 1 for n in ("pixels", "embeddings")))]
+
+
 # name -> (module in bench/, rows from its measure(); seconds allowed)
 MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "frames": ("bench_frames", _frames, 240),
@@ -132,15 +145,18 @@ MEASURES: dict[str, tuple[str, Callable[[dict], list[Row]], int]] = {
     "ddp": ("bench_ddp", _ddp, 300),
     "storage": ("bench_storage", _storage, 240),
     "gpu": ("bench_gpu", _gpu, 600),
+    "vllm": ("bench_vllm", _vllm, 600),
 }
+# measures that run in another environment: name -> (its python, how to build it)
+INTERPRETERS = {"vllm": (REPO / ".venv-vllm" / "bin" / "python", "make vllm")}
 NOT_YET: list[Row] = []  # measures without a script yet: listed, never silently left out
 
 
-def run_measure(module: str, quick: bool, timeout: int) -> dict:
+def run_measure(module: str, quick: bool, timeout: int, python: str = sys.executable) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(BENCH)!r}); import {module} as m; "
             f"print('\\n@@RESULT@@' + json.dumps(m.measure({quick!r})))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([python, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
         raise RuntimeError(f"{module} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
@@ -180,9 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in wanted:
         module, to_rows, timeout = MEASURES[name]
+        python, build = INTERPRETERS.get(name, (Path(sys.executable), ""))
+        if not python.is_file():  # an optional environment: listed as not measured
+            raw[name] = {"skipped": f"{python.relative_to(REPO)} absent"}
+            rows.append(Row(f"{name}: not measured", f"needs `{build}` ({python.relative_to(REPO)})",
+                            "", None))
+            continue
         t0 = time.perf_counter()
         try:
-            raw[name] = run_measure(module, args.quick, timeout)
+            raw[name] = run_measure(module, args.quick, timeout, str(python))
             rows += to_rows(raw[name])
         except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:  # KeyError: shape changed
             raw[name] = {"error": str(exc)}

@@ -75,6 +75,7 @@ def test_t_grpo_steps_roll_out_through_vllm(demo, tmp_path):
 def test_a_gate_that_cannot_be_met_stops_the_run(demo, tmp_path):
     trainer = _trainer(demo, tmp_path, max_logprob_gap=1e-12)
     with pytest.raises(RolloutDisagreement, match=r"step 0: vLLM's sampled log-probs differ .* "
-                       r"vision inputs \(rl.rollout.vision = embeddings\), the positions, or the weights .* "
+                       r"vision inputs \(rl.rollout.vision = embeddings\), the positions \(transformers M-RoPE "
+                       r"rule\), or the weights .* "
                        r"rl.rollout.importance_sampling"):
         trainer.train()

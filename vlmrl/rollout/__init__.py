@@ -13,12 +13,15 @@ from vlmrl.rollout.agreement import (
     vision_token_ids,
 )
 from vlmrl.rollout.inputs import RolloutPrompt, VisionInput, build_rollout_prompts, rollout_prompts
+from vlmrl.rollout.server import RolloutClient, RolloutServerError, start_rollout_server
 from vlmrl.rollout.vllm_engine import RolloutOutput, VllmRollout, language_model_weights
 
 __all__ = [
     "LogprobGap",
     "PromptIdsMismatch",
+    "RolloutClient",
     "RolloutOutput",
+    "RolloutServerError",
     "RolloutPrompt",
     "VisionInput",
     "VllmRollout",
@@ -28,5 +31,6 @@ __all__ = [
     "language_model_weights",
     "logprob_gap",
     "rollout_prompts",
+    "start_rollout_server",
     "vision_token_ids",
 ]

@@ -24,7 +24,6 @@ HTTP/1.0 (one request per connection), so a waiting trainer cannot hold the serv
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -594,12 +593,11 @@ def serve(model_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         raise FileNotFoundError(f"{model_dir}: no config.json (a local checkpoint directory)")
     from vlmrl.rollout.vllm_engine import VllmRollout
 
-    default_mrope = inspect.signature(VllmRollout).parameters["mrope"].default
     engine = VllmRollout(model_dir, **engine_kwargs)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with RolloutServer(engine, host=host, port=port, max_request_bytes=max_request_bytes,
-                           info={"mrope": engine_kwargs.get("mrope", default_mrope)}) as server:
+                           info={"mrope": engine.mrope}) as server:
             if ready_file is not None:
                 _write_ready(ready_file, server)
             print(f"vlmrl rollout server on {server.url} ({model_dir})", file=sys.stderr, flush=True)

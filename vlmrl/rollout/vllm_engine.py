@@ -152,6 +152,9 @@ class VllmRollout:
     ) -> None:
         if mrope not in ("transformers", "vllm"):
             raise ValueError(f"mrope must be 'transformers' or 'vllm', got {mrope!r}")
+        if mrope == "vllm" and _MROPE_PATCHED:
+            raise ValueError("mrope='vllm' in a process whose engines already use transformers' "
+                             "M-RoPE rule (a class patch): start this engine in another process")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
@@ -160,6 +163,7 @@ class VllmRollout:
         if mrope == "transformers":
             _mrope_like_transformers()
         self.model_dir = Path(model_dir)
+        self.mrope = mrope
         self.llm = LLM(
             model=str(self.model_dir),
             dtype=dtype,

@@ -46,10 +46,14 @@ def _engine(model: Any, cfg: RolloutConfig, seed: int, max_model_len: int) -> An
         from vlmrl.rollout.server import RolloutClient
 
         client = RolloutClient(cfg.server_url)
+        info = client.health()
         vocab = model.get_output_embeddings().weight.shape[0]
-        if client.vocab_size != vocab:
+        if info["vocab_size"] != vocab:
             raise ValueError(f"the rollout server at {cfg.server_url} serves a model with "
-                             f"{client.vocab_size} tokens, the policy has {vocab}")
+                             f"{info['vocab_size']} tokens, the policy has {vocab}")
+        if info["logprobs_mode"] != "processed_logprobs":  # what the trainer's old log-probs are
+            raise ValueError(f"the rollout server at {cfg.server_url} returns {info['logprobs_mode']} "
+                             "log-probs; the trainer needs processed_logprobs (vlmrl rollout-serve)")
         return client
     source = Path(str(getattr(model.config, "_name_or_path", "") or ""))
     if not (source / "config.json").is_file():
@@ -79,6 +83,10 @@ class VllmGeneration:
         self.synced_step: int | None = None
         self.checked_step: int | None = None
         self.last_gap: LogprobGap | None = None
+
+    def _mrope(self) -> str:
+        info = self.engine.health() if hasattr(self.engine, "health") else {}
+        return str(info.get("mrope", getattr(self.engine, "mrope", "?")))
 
     def needs_sync(self, step: int) -> bool:
         return step != self.synced_step
@@ -134,7 +142,7 @@ class VllmGeneration:
                 f"{gap.max_abs:.3g} per token (mean {gap.mean_abs:.3g}, {gap.num_tokens} tokens) > "
                 f"rl.rollout.max_logprob_gap = {self.cfg.max_logprob_gap}. Prompt ids agree (checked on "
                 f"every rollout), so the difference is in the vision inputs (rl.rollout.vision = "
-                f"{self.vision}), the positions, or the weights (last synced at step "
+                f"{self.vision}), the positions ({self._mrope()} M-RoPE rule), or the weights (last synced at step "
                 f"{self.synced_step}). To train through it, accept a bounded correction: "
                 "rl.rollout.importance_sampling (docs/vllm.md)")
         return gap

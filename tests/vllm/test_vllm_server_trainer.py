@@ -1,0 +1,151 @@
+"""The trainer against a `vlmrl rollout-serve` process (rl.rollout.mode = server).
+
+- T-GRPO steps through a server: its weights follow the policy (gate gap < 1e-3 after
+  every perturbed step, one weight update per step);
+- importance-sampling acceptance: a server sampling under vLLM's own M-RoPE positions
+  disagrees with the trainer on videos; without a stated correction the gate stops the
+  run naming the positions, with one the run trains and TRL's truncated ratio stays in
+  its bound;
+- two DDP training processes share one server through `vlmrl train rl` (the main process
+  sends the weights, both roll out).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM environment absent: build it with `make vllm`, then run "
+                    "`.venv-vllm/bin/python -m pytest tests/vllm`")
+
+import torch  # noqa: E402
+
+from tests.train.test_distributed import free_port  # noqa: E402
+from tests.vllm.test_vllm_trainer import Perturb  # noqa: E402
+from vlmrl.data.extract import load_frame_dataset  # noqa: E402
+from vlmrl.lineage import read_manifest  # noqa: E402
+from vlmrl.models.loading import freeze_vision_tower, load_model  # noqa: E402
+from vlmrl.rollout import start_rollout_server  # noqa: E402
+from vlmrl.train.grpo import build_grpo_trainer  # noqa: E402
+from vlmrl.train.vllm_generation import RolloutDisagreement  # noqa: E402
+
+STEPS = 2
+CAP = 2.0
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from vlmrl.stages.rollout_demo import build_rollout_demo
+
+    return build_rollout_demo(tmp_path_factory.mktemp("vllm_server_trainer"), num_rows=8,
+                              video_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    with start_rollout_server(demo.model_dir, timeout=300) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def vllm_positions_server(demo):
+    """A server sampling under vLLM's own M-RoPE rule (after a video: off by up to ~1 per token)."""
+    with start_rollout_server(demo.model_dir, engine_kwargs={"mrope": "vllm"}, timeout=300) as handle:
+        yield handle
+
+
+def _settings(url: str, **rollout) -> dict:
+    return {"rl": {
+        "algorithm": "t_grpo", "max_steps": STEPS, "num_generations": 4, "per_device_train_batch_size": 8,
+        "max_completion_length": 24, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
+        "temporal": {"num_shuffled": 2}, "report_to": [],
+        "rollout": {"engine": "vllm", "mode": "server", "server_url": url, "check_every": 1, **rollout}}}
+
+
+def _trainer(demo, tmp_path, url: str, **rollout):
+    rl = demo.recipe.override(_settings(url, **rollout)).rl
+    loaded = load_model(demo.model_dir)
+    freeze_vision_tower(loaded.model)
+    dataset, _ = load_frame_dataset(demo.model_dir.parent / "frames_rl")
+    return build_grpo_trainer(loaded.model, loaded.processor, dataset, tmp_path / "out", rl)
+
+
+def _logged(trainer, key: str) -> list[float]:
+    return [e[key] for e in trainer.state.log_history if key in e]
+
+
+def test_t_grpo_steps_through_a_rollout_server(demo, server, tmp_path):
+    client = server.client()
+    version = client.health()["weights_version"]
+    trainer = _trainer(demo, tmp_path, server.url)
+    trainer.add_callback(Perturb())
+    trainer.train()
+    gaps = _logged(trainer, "rollout/logprob_gap_max")
+    assert len(gaps) == STEPS and max(gaps) < 1e-3, gaps  # the server holds the policy's weights
+    assert client.health()["weights_version"] == version + STEPS  # one update per step
+    assert max(_logged(trainer, "temporal/video_groups")) >= 1
+
+
+def test_a_disagreeing_server_stops_the_run_naming_the_positions(demo, vllm_positions_server, tmp_path):
+    trainer = _trainer(demo, tmp_path, vllm_positions_server.url)
+    with pytest.raises(RolloutDisagreement, match=r"the positions \(vllm M-RoPE rule\)"):
+        trainer.train()
+
+
+def test_importance_sampling_trains_through_a_bounded_gap(demo, vllm_positions_server, tmp_path):
+    trainer = _trainer(demo, tmp_path, vllm_positions_server.url,
+                       importance_sampling="token_truncate", importance_sampling_max=CAP,
+                       check_samples=64)
+    trainer.train()
+    gaps = _logged(trainer, "rollout/logprob_gap_max")
+    # the gate saw the gap (on the steps with a video prompt) and let it pass
+    assert len(gaps) == STEPS and max(gaps) > 1e-2, gaps
+    # TRL's correction ran on every sample: vLLM's and the policy's log-probs differ, the
+    # truncated ratio pi_policy / pi_vllm stays within its stated bound
+    assert max(_logged(trainer, "sampling/sampling_logp_difference/max")) > 1e-2
+    ratios = _logged(trainer, "sampling/importance_sampling_ratio/max")
+    print(f"IS: gate gaps {gaps}, ratio min {_logged(trainer, 'sampling/importance_sampling_ratio/min')}"
+          f" max {ratios}, |logp diff| max {_logged(trainer, 'sampling/sampling_logp_difference/max')}")
+    assert len(ratios) == STEPS and max(ratios) <= CAP + 1e-6, ratios
+    assert min(_logged(trainer, "sampling/importance_sampling_ratio/min")) < 1.0
+    assert all(torch.isfinite(torch.tensor(v)) for v in _logged(trainer, "loss"))
+
+
+def test_two_training_processes_share_one_server(demo, server, tmp_path):
+    version = server.client().health()["weights_version"]
+    out = tmp_path / "rl"
+    settings = _settings(server.url)
+    settings["rl"]["per_device_train_batch_size"] = 4  # one group of G = 4 per process and step
+    command = [sys.executable, "-m", "vlmrl.cli", "train", "rl", "--recipe", "tiny-cpu",
+               "--sft", str(demo.model_dir), "--frames", str(demo.model_dir.parent / "frames_rl"),
+               "--out", str(out), "--set", "launch.accelerate_config=ddp",
+               "--set", "launch.num_processes=2"]
+    for path, value in _flatten(settings):
+        command += ["--set", f"{'.'.join(path)}={json.dumps(value)}"]  # JSON is YAML
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                               "OMP_NUM_THREADS": "1", "VLMRL_ACCELERATE_ARGS":
+                               f"--main_process_ip 127.0.0.1 --main_process_port {free_port()}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vlmrl: 2 processes" in proc.stdout
+    replicas = read_manifest(out)["metrics"]["replicas"]
+    assert [r["rank"] for r in replicas] == [0, 1]
+    assert replicas[0]["ids_sha256"] != replicas[1]["ids_sha256"]  # each rolled out its own rows
+    assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]
+    assert server.client().health()["weights_version"] == version + STEPS  # the main process sent them
+    log = json.loads((out / "train_log.json").read_text())
+    gaps = [e["rollout/logprob_gap_max"] for e in log if "rollout/logprob_gap_max" in e]
+    assert len(gaps) == STEPS and max(gaps) < 1e-3, gaps
+
+
+def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _flatten(value, (*prefix, key))
+        else:
+            out.append(((*prefix, key), value))
+    return out
