@@ -70,8 +70,12 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_BIN)/python -c "import vllm, transformers, torch; from transformers import AutoProcessor; import vlmrl.train; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $(VLLM_STAMP)
 
-.PHONY: vllm
+.PHONY: vllm test-vllm
 vllm: $(VLLM_STAMP)
+
+# tests/vllm in that environment (engine, server, trainer, learning); CI runs it after `make test`
+test-vllm: vllm
+	$(VLLM_BIN)/python -m pytest -q tests/vllm
 
 run: install
 	$(BIN)/python -m orchestration.run

@@ -34,9 +34,10 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
 
-def rollout_speed(prompts: int = 8, samples: int = 8, repeats: int = 3,
+def rollout_speed(num_prompts: int = 8, samples: int = 8, repeats: int = 3,
                   max_tokens: int | None = None, mrope: str = "transformers") -> dict:
-    """Medians of HF generate and both vLLM paths on one rollout batch, with their gaps."""
+    """Medians of HF generate, both colocated vLLM paths and a `vlmrl rollout-serve`
+    process (embeddings) on one rollout batch, with their log-prob gaps."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -47,16 +48,17 @@ def rollout_speed(prompts: int = 8, samples: int = 8, repeats: int = 3,
         hf_completion_logprobs,
         language_model_weights,
         logprob_gap,
+        start_rollout_server,
         vision_token_ids,
     )
     from vlmrl.stages.rollout_demo import build_rollout_demo
     from vlmrl.train.prompts import build_prompt
 
     work = Path(tempfile.mkdtemp(prefix="bench_vllm_"))
-    demo = build_rollout_demo(work, num_rows=prompts)
+    demo = build_rollout_demo(work, num_rows=num_prompts)
     rl = demo.recipe.rl
     max_tokens = max_tokens or rl.max_completion_length
-    convs = [build_prompt(r, rl.prompt) for r in demo.rows[: prompts]]
+    convs = [build_prompt(r, rl.prompt) for r in demo.rows[:num_prompts]]
     processor = AutoProcessor.from_pretrained(demo.model_dir)
     model = AutoModelForImageTextToText.from_pretrained(demo.model_dir, dtype=torch.float32).eval()
     banned = vision_token_ids(model.config)
@@ -77,20 +79,26 @@ def rollout_speed(prompts: int = 8, samples: int = 8, repeats: int = 3,
     start = time.perf_counter()
     engine = VllmRollout(demo.model_dir, max_model_len=4096, seed=0, mrope=mrope)
     init_s = time.perf_counter() - start
+    server = start_rollout_server(demo.model_dir, engine_kwargs={"seed": 0, "mrope": mrope})
+    client = server.client()
 
-    def vllm_rollout(vision: str) -> tuple[int, list, list]:
+    def vllm_rollout(path: str) -> tuple[int, list, list]:
+        vision = "pixels" if path == "pixels" else "embeddings"
         prompts = build_rollout_prompts(processor, convs, vision=vision, model=model)
         # no per-request seeds: on the CPU backend a seeded request whose prefill is
         # chunked fails ("CPU Generator does not use offset"); the engine seed applies
-        outputs = engine.generate(prompts, g, max_tokens, temperature=rl.temperature,
-                                  top_p=rl.top_p, suppress_token_ids=banned)
+        outputs = (client if path == "server" else engine).generate(
+            prompts, g, max_tokens, temperature=rl.temperature, top_p=rl.top_p,
+            suppress_token_ids=banned)
         return sum(len(c) for o in outputs for c in o.completion_ids), prompts, outputs
 
     results: dict[str, dict] = {}
-    timings: dict[str, list[float]] = {"hf": [], "pixels": [], "embeddings": []}
+    timings: dict[str, list[float]] = {"hf": [], "pixels": [], "embeddings": [], "server": []}
     tokens: dict[str, int] = {}
     last: dict[str, tuple] = {}
-    hf_rollout(), vllm_rollout("pixels"), vllm_rollout("embeddings")  # warm-up, untimed
+    hf_rollout()
+    for path in ("pixels", "embeddings", "server"):  # warm-up, untimed
+        vllm_rollout(path)
     for _ in range(repeats):
         for name in timings:
             start = time.perf_counter()
@@ -118,9 +126,14 @@ def rollout_speed(prompts: int = 8, samples: int = 8, repeats: int = 3,
         engine.update_weights(language_model_weights(model))
         sync.append(time.perf_counter() - start)
     sync_s = statistics.median(sync)
+    start = time.perf_counter()
+    client.update_weights(language_model_weights(model))
+    server_sync_s = time.perf_counter() - start
     engine.close()
+    server.stop()
 
-    return {"init_s": init_s, "sync_s": sync_s, "results": results, "prompts": prompts,
+    return {"init_s": init_s, "sync_s": sync_s, "server_sync_s": server_sync_s,
+            "results": results, "prompts": num_prompts,
             "samples": g, "max_tokens": max_tokens, "threads": torch.get_num_threads()}
 
 
@@ -148,11 +161,12 @@ def main() -> None:
     hf_s = results["hf"]["median_s"]
     print(f"rollout batch: {r['prompts']} prompts x {r['samples']} samples, max {r['max_tokens']} "
           f"tokens, torch threads {r['threads']}, {os.cpu_count()} CPUs; vLLM engine start "
-          f"{init_s:.1f} s (once), language-model weight sync {sync_s * 1000:.0f} ms")
+          f"{init_s:.1f} s (once), language-model weight sync {sync_s * 1000:.0f} ms "
+          f"(through the server {r['server_sync_s'] * 1000:.0f} ms)")
     print(f"{'path':<22}{'median s':>10}{'tokens':>8}{'tok/s':>9}{'HF / this':>11}"
           f"{'gap max':>11}{'gap mean':>11}")
     for name, label in (("hf", "transformers generate"), ("pixels", "vLLM, pixels"),
-                        ("embeddings", "vLLM, HF embeddings")):
+                        ("embeddings", "vLLM, HF embeddings"), ("server", "vLLM server, embeddings")):
         row = results[name]
         gap = (f"{row['gap_max']:>11.2e}{row['gap_mean']:>11.2e}" if "gap_max" in row
                else f"{'-':>11}{'-':>11}")
