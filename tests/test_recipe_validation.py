@@ -233,3 +233,26 @@ def test_plain_grpo_batches_need_only_trl_global_check():
     assert plain.rl.per_device_train_batch_size == 4
     with pytest.raises(RecipeError, match=r"\(4\) must be a multiple of num_generations \(8\)"):
         load_recipe("tiny-cpu", {"rl": {"algorithm": "t_grpo", "per_device_train_batch_size": 4}})
+
+
+def test_rollout_settings_are_checked_when_the_recipe_loads():
+    """vLLM rollout settings that cannot work are refused before anything runs."""
+    vllm = {"engine": "vllm"}
+    with pytest.raises(RecipeError, match=r"mode = server needs rl.rollout.server_url"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "mode": "server"}}})
+    with pytest.raises(RecipeError, match=r"not reg_grpo's regression"):
+        load_recipe("tiny-cpu", {"rl": {"algorithm": "reg_grpo", "rollout": {
+            **vllm, "importance_sampling": "token_truncate"}}})
+    with pytest.raises(RecipeError, match=r"rl.rollout.importance_sampling_max: must be > 1"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling_max": 1.0}}})
+    with pytest.raises(RecipeError, match=r"importance_sampling_min must be below"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling_min": 3.0}}})
+    with pytest.raises(RecipeError, match=r"rl.rollout.importance_sampling"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling": "tokens"}}})
+    served = load_recipe("tiny-cpu", {"rl": {"rollout": {
+        **vllm, "mode": "server", "server_url": "http://127.0.0.1:8000",
+        "importance_sampling": "sequence_mask", "importance_sampling_min": 0.5}}}).rl.rollout
+    assert (served.mode, served.accepts_importance_sampling) == ("server", True)
+    # settings of vLLM rollouts do nothing with generate: refused rather than ignored
+    with pytest.raises(RecipeError, match=r"settings of vLLM rollouts"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {"importance_sampling": "token_truncate"}}})

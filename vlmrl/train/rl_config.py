@@ -110,6 +110,9 @@ class RolloutConfig:
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.engine != "vllm" and (self.mode != "colocate" or self.importance_sampling != "off"):
+            raise ValueError("rl.rollout.mode and importance_sampling are settings of vLLM rollouts: "
+                             "set rl.rollout.engine = vllm")
         if self.mode == "server" and not self.server_url:
             raise ValueError("rl.rollout.mode = server needs rl.rollout.server_url "
                              "(the address `vlmrl rollout-serve` listens on)")
