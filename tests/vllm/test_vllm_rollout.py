@@ -18,14 +18,13 @@ pytest.importorskip(
 
 import torch  # noqa: E402
 
+from tests.vllm.conftest import conversations, hf_gap  # noqa: E402
 from vlmrl.rollout import (  # noqa: E402
     PromptIdsMismatch,
     RolloutPrompt,
     VllmRollout,
     build_rollout_prompts,
-    hf_completion_logprobs,
     language_model_weights,
-    logprob_gap,
     vision_token_ids,
 )
 from vlmrl.train.prompts import build_prompt, sampled_fps  # noqa: E402
@@ -36,21 +35,6 @@ from vlmrl.train.temporal import non_identity_permutation  # noqa: E402
 # moves some token by > 1e-2.
 MAX_GAP = 1e-4
 MAX_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from vlmrl.stages.rollout_demo import build_rollout_demo
-
-    return build_rollout_demo(tmp_path_factory.mktemp("vllm_demo"), num_rows=4, video_fraction=0.5)
-
-
-@pytest.fixture(scope="module")
-def hf(demo):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(demo.model_dir, dtype=torch.float32)
-    return model.eval(), AutoProcessor.from_pretrained(demo.model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -72,26 +56,10 @@ def engine(demo):
     engine.close()
 
 
-def _conversations(demo, kind: str) -> list:
-    rows = [r for r in demo.rows if r["data_type"] == kind]
-    assert rows, f"the demo set has no {kind} rows"
-    return [build_prompt(r, demo.recipe.rl.prompt) for r in rows]
-
-
-def _gap(model, prompts, outputs):
-    vllm_lp, hf_lp = [], []
-    banned = vision_token_ids(model.config)
-    for prompt, out in zip(prompts, outputs, strict=True):
-        vllm_lp += out.logprobs
-        hf_lp += hf_completion_logprobs(model, prompt, out.completion_ids,
-                                        suppress_token_ids=banned)
-    return logprob_gap(vllm_lp, hf_lp)
-
-
 @pytest.mark.parametrize("vision", ["pixels", "embeddings"])
 def test_prompt_ids_equal_the_processors(demo, hf, engine, vision):
     model, processor = hf
-    convs = _conversations(demo, "video") + _conversations(demo, "image")
+    convs = conversations(demo, "video") + conversations(demo, "image")
     prompts = build_rollout_prompts(processor, convs, vision=vision, model=model)
     outputs = engine.generate(prompts, 1, 1, seed=0)  # raises PromptIdsMismatch on a difference
     for prompt, out in zip(prompts, outputs, strict=True):
@@ -102,7 +70,7 @@ def test_prompt_ids_equal_the_processors(demo, hf, engine, vision):
 def test_pre_expanded_prompt_is_caught(demo, hf, engine):
     # TRL's way: the processor's expanded ids as the prompt. vLLM expands again.
     model, processor = hf
-    prompt = build_rollout_prompts(processor, _conversations(demo, "video")[:1])[0]
+    prompt = build_rollout_prompts(processor, conversations(demo, "video")[:1])[0]
     expanded = RolloutPrompt(
         processor.tokenizer.decode(prompt.hf_prompt_ids), prompt.multi_modal_data,
         prompt.hf_prompt_ids, prompt.visual,
@@ -114,7 +82,7 @@ def test_pre_expanded_prompt_is_caught(demo, hf, engine):
 @pytest.mark.parametrize("kind", ["video", "image"])
 def test_embedding_path_rollouts_agree_with_transformers(demo, hf, sample, kind):
     model, processor = hf
-    prompts = build_rollout_prompts(processor, _conversations(demo, kind), vision="embeddings",
+    prompts = build_rollout_prompts(processor, conversations(demo, kind), vision="embeddings",
                                     model=model)
     assert all("pixel_values" not in str(p.multi_modal_data) for p in prompts)
     key = f"{kind}_embeds"
@@ -122,7 +90,7 @@ def test_embedding_path_rollouts_agree_with_transformers(demo, hf, sample, kind)
     outputs = sample(prompts, 4, seed=1)
     assert [len(o.completion_ids) for o in outputs] == [4] * len(prompts)
     assert all(len(c) > 0 for o in outputs for c in o.completion_ids)
-    gap = _gap(model, prompts, outputs)
+    gap = hf_gap(model, prompts, outputs)
     assert gap.num_tokens >= 4 * len(prompts)
     assert gap.max_abs <= MAX_GAP, gap
 
@@ -143,8 +111,8 @@ def test_video_timing_reaches_the_embedding_path(demo, hf, sample):
                    if k != "second_per_grid_ts"}},
         prompt.hf_prompt_ids, prompt.visual,
     )
-    timed_gap = _gap(model, [prompt], sample([prompt], 4, seed=2))
-    untimed_gap = _gap(model, [prompt], sample([untimed], 4, seed=2))
+    timed_gap = hf_gap(model, [prompt], sample([prompt], 4, seed=2))
+    untimed_gap = hf_gap(model, [prompt], sample([untimed], 4, seed=2))
     assert timed_gap.max_abs <= MAX_GAP, timed_gap
     assert untimed_gap.max_abs > 100 * MAX_GAP, untimed_gap
 
@@ -162,14 +130,14 @@ def test_tgrpo_ordered_and_shuffled_prompts_in_one_call(demo, hf, sample):
     assert prompts[0].hf_prompt_ids == prompts[1].hf_prompt_ids  # same text, same grid
     outputs = sample(prompts, [8, 4], seed=3)
     assert [len(o.completion_ids) for o in outputs] == [8, 4]
-    gap = _gap(model, prompts, outputs)
+    gap = hf_gap(model, prompts, outputs)
     assert gap.max_abs <= MAX_GAP, gap
 
 
 def test_weight_sync_in_process(demo, hf, engine, sample):
     model, processor = hf
     prompts = build_rollout_prompts(
-        processor, _conversations(demo, "video")[:1] + _conversations(demo, "image")[:1]
+        processor, conversations(demo, "video")[:1] + conversations(demo, "image")[:1]
     )  # pixels: vLLM's own vision tower must survive a language-model-only update
     outputs = sample(prompts, 2, seed=4)
     updated = copy.deepcopy(model)
@@ -179,13 +147,13 @@ def test_weight_sync_in_process(demo, hf, engine, sample):
             if "visual" not in name:
                 param.add_(0.05 * torch.randn(param.shape, generator=generator))
     try:
-        stale = _gap(updated, prompts, outputs)
+        stale = hf_gap(updated, prompts, outputs)
         assert stale.max_abs > 1e-2, stale  # the update is visible to the check
         engine.update_weights(language_model_weights(updated))
         fresh = sample(prompts, 2, seed=4)
-        gap = _gap(updated, prompts, fresh)
+        gap = hf_gap(updated, prompts, fresh)
         assert gap.max_abs <= MAX_GAP, gap
     finally:
         engine.update_weights(language_model_weights(model))
     restored = sample(prompts, 2, seed=4)
-    assert _gap(model, prompts, restored).max_abs <= MAX_GAP
+    assert hf_gap(model, prompts, restored).max_abs <= MAX_GAP

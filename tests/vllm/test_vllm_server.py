@@ -28,13 +28,12 @@ import torch  # noqa: E402
 from safetensors.torch import load as st_load  # noqa: E402
 from safetensors.torch import save as st_save  # noqa: E402
 
+from tests.vllm.conftest import conversations, hf_gap  # noqa: E402
 from vlmrl.rollout import (  # noqa: E402
     PromptIdsMismatch,
     RolloutPrompt,
     build_rollout_prompts,
-    hf_completion_logprobs,
     language_model_weights,
-    logprob_gap,
     vision_token_ids,
 )
 from vlmrl.rollout.server import (  # noqa: E402
@@ -48,21 +47,6 @@ from vlmrl.train.temporal import non_identity_permutation  # noqa: E402
 
 MAX_GAP = 1e-4  # as tests/vllm/test_vllm_rollout.py: float32 rounding on both sides
 MAX_TOKENS = 16
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from vlmrl.stages.rollout_demo import build_rollout_demo
-
-    return build_rollout_demo(tmp_path_factory.mktemp("server_demo"), num_rows=4, video_fraction=0.5)
-
-
-@pytest.fixture(scope="module")
-def hf(demo):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(demo.model_dir, dtype=torch.float32)
-    return model.eval(), AutoProcessor.from_pretrained(demo.model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +71,10 @@ def sample(hf, client):
     return run
 
 
-def _conversations(demo, kind: str) -> list:
-    return [build_prompt(r, demo.recipe.rl.prompt) for r in demo.rows if r["data_type"] == kind]
-
-
 def _mixed_prompts(demo, hf, vision: str) -> list[RolloutPrompt]:
     model, processor = hf
-    convs = _conversations(demo, "video") + _conversations(demo, "image")
+    convs = conversations(demo, "video") + conversations(demo, "image")
     return build_rollout_prompts(processor, convs, vision=vision, model=model)
-
-
-def _gap(model, prompts, outputs):
-    banned = vision_token_ids(model.config)
-    ours, theirs = [], []
-    for prompt, out in zip(prompts, outputs, strict=True):
-        theirs += out.logprobs
-        ours += hf_completion_logprobs(model, prompt, out.completion_ids, suppress_token_ids=banned)
-    return logprob_gap(theirs, ours)
 
 
 def _post_raw(url: str, body: bytes) -> tuple[int, dict]:
@@ -139,7 +110,7 @@ def test_video_and_image_rollouts_agree_with_transformers(demo, hf, sample, visi
     for prompt, out in zip(prompts, outputs, strict=True):
         assert out.prompt_ids == prompt.hf_prompt_ids  # also checked by the server
         assert len(out.completion_ids) == len(out.logprobs) == len(out.texts) == 2
-    gap = _gap(hf[0], prompts, outputs)
+    gap = hf_gap(hf[0], prompts, outputs)
     assert gap.num_tokens >= 2 * len(prompts)
     assert gap.max_abs <= MAX_GAP, gap
 
@@ -154,7 +125,7 @@ def test_tgrpo_counts_per_prompt(demo, hf, sample):
                                     vision="embeddings", model=model)
     outputs = sample(prompts, [4, 4, 1, 1], seed=3)
     assert [len(o.completion_ids) for o in outputs] == [4, 4, 1, 1]
-    assert _gap(model, prompts, outputs).max_abs <= MAX_GAP
+    assert hf_gap(model, prompts, outputs).max_abs <= MAX_GAP
 
 
 def test_several_clients_at_once(demo, hf, server):
@@ -185,7 +156,7 @@ def test_a_repeated_prompt_travels_once(demo, hf):
 def test_weight_sync_through_the_server(demo, hf, client, sample):
     model, processor = hf
     prompts = build_rollout_prompts(
-        processor, _conversations(demo, "video")[:1] + _conversations(demo, "image")[:1]
+        processor, conversations(demo, "video")[:1] + conversations(demo, "image")[:1]
     )  # pixels: the server's vision tower must survive a language-model-only update
     outputs = sample(prompts, 2, seed=4)
     updated = copy.deepcopy(model)
@@ -199,13 +170,13 @@ def test_weight_sync_through_the_server(demo, hf, client, sample):
     assert len(list(weight_chunks(weights, chunk))) >= 4
     version = client.health()["weights_version"]
     try:
-        stale = _gap(updated, prompts, outputs)
+        stale = hf_gap(updated, prompts, outputs)
         assert stale.max_abs > 1e-2, stale  # the update is visible to the check
         # a half-sent update is not applied: generates keep sampling the old weights
         first = next(weight_chunks(weights, chunk))
         assert not client.send_weight_chunk("unfinished", 0, first, final=False)["applied"]
         assert client.health()["pending_update"] == "unfinished"
-        assert _gap(model, prompts, sample(prompts, 2, seed=4)).max_abs <= MAX_GAP
+        assert hf_gap(model, prompts, sample(prompts, 2, seed=4)).max_abs <= MAX_GAP
         # the full update (a new one replaces the unfinished one), in several chunks
         done = client.update_weights(weights, chunk_bytes=chunk)
         assert done.chunks >= 4 and done.tensors == len(weights)
@@ -213,16 +184,16 @@ def test_weight_sync_through_the_server(demo, hf, client, sample):
         fresh_outputs = sample(prompts, 2, seed=4)
         assert client.last_weights_version == version + 1
         assert client.health()["pending_update"] is None
-        fresh = _gap(updated, prompts, fresh_outputs)
+        fresh = hf_gap(updated, prompts, fresh_outputs)
         assert fresh.max_abs <= MAX_GAP, fresh
     finally:
         client.update_weights(language_model_weights(model))
-    assert _gap(model, prompts, sample(prompts, 2, seed=4)).max_abs <= MAX_GAP
+    assert hf_gap(model, prompts, sample(prompts, 2, seed=4)).max_abs <= MAX_GAP
 
 
 def test_pre_expanded_prompt_raises_on_the_client(demo, hf, client):
     model, processor = hf
-    prompt = build_rollout_prompts(processor, _conversations(demo, "video")[:1])[0]
+    prompt = build_rollout_prompts(processor, conversations(demo, "video")[:1])[0]
     expanded = RolloutPrompt(processor.tokenizer.decode(prompt.hf_prompt_ids),
                              prompt.multi_modal_data, prompt.hf_prompt_ids, prompt.visual)
     with pytest.raises(PromptIdsMismatch, match="prompt 0: .*position"):
