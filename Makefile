@@ -73,9 +73,11 @@ $(VLLM_STAMP): pyproject.toml
 .PHONY: vllm test-vllm
 vllm: $(VLLM_STAMP)
 
-# tests/vllm in that environment (engine, server, trainer, learning); CI runs it after `make test`
-test-vllm: vllm
+# tests/vllm in that environment (engine, server, trainer, learning), then the pipeline's
+# environment training on a server from it; CI runs this after `make test`
+test-vllm: vllm install
 	$(VLLM_BIN)/python -m pytest -q tests/vllm
+	$(BIN)/python -m pytest -q tests/vllm/test_server_across_environments.py -k vllm_environment_server
 
 run: install
 	$(BIN)/python -m orchestration.run

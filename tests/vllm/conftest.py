@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from vlmrl.rollout import hf_completion_logprobs, logprob_gap, vision_token_ids
 from vlmrl.train.prompts import build_prompt
@@ -41,3 +42,53 @@ def hf_gap(model, prompts, outputs):
         rollout += out.logprobs
         ours += hf_completion_logprobs(model, prompt, out.completion_ids, suppress_token_ids=banned)
     return logprob_gap(rollout, ours)
+
+
+# ---------------------------------------------------------------- the trainer on vLLM rollouts
+
+
+@pytest.fixture(scope="module")
+def trainer_demo(tmp_path_factory):
+    """8 RL rows (half videos) and the base checkpoint: two T-GRPO groups of 4 per step."""
+    from vlmrl.stages.rollout_demo import build_rollout_demo
+
+    return build_rollout_demo(tmp_path_factory.mktemp("vllm_trainer"), num_rows=8, video_fraction=0.5)
+
+
+def t_grpo_settings(steps: int, **rollout) -> dict:
+    """Recipe overrides: `steps` T-GRPO steps on vLLM rollouts, the gate at every step."""
+    return {"rl": {
+        "algorithm": "t_grpo", "max_steps": steps, "num_generations": 4, "per_device_train_batch_size": 8,
+        "max_completion_length": 24, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
+        "temporal": {"num_shuffled": 2}, "report_to": [],
+        "rollout": {"engine": "vllm", "check_every": 1, **rollout}}}
+
+
+def vllm_trainer(demo, tmp_path, steps: int, **rollout):
+    """A VideoGRPOTrainer on the demo's rows and checkpoint, vision tower frozen."""
+    from vlmrl.data.extract import load_frame_dataset
+    from vlmrl.models.loading import freeze_vision_tower, load_model
+    from vlmrl.train.grpo import build_grpo_trainer
+
+    rl = demo.recipe.override(t_grpo_settings(steps, **rollout)).rl
+    loaded = load_model(demo.model_dir)
+    freeze_vision_tower(loaded.model)
+    dataset, _ = load_frame_dataset(demo.model_dir.parent / "frames_rl")
+    return build_grpo_trainer(loaded.model, loaded.processor, dataset, tmp_path / "out", rl)
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [e[key] for e in trainer.state.log_history if key in e]
+
+
+class Perturb(TrainerCallback):
+    """Move the language model's weights after every step: the tiny model's groups often
+    carry no reward signal, so the optimizer alone may leave the weights where they were,
+    and agreement after a step would then not show that the new weights reached vLLM."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        g = torch.Generator().manual_seed(state.global_step)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)

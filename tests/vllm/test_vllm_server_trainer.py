@@ -24,12 +24,9 @@ pytest.importorskip("vllm", reason="vLLM environment absent: build it with `make
 import torch  # noqa: E402
 
 from tests.train.test_distributed import free_port  # noqa: E402
-from tests.vllm.test_vllm_trainer import Perturb  # noqa: E402
-from vlmrl.data.extract import load_frame_dataset  # noqa: E402
+from tests.vllm.conftest import Perturb, logged, t_grpo_settings, vllm_trainer  # noqa: E402
 from vlmrl.lineage import read_manifest  # noqa: E402
-from vlmrl.models.loading import freeze_vision_tower, load_model  # noqa: E402
 from vlmrl.rollout import start_rollout_server  # noqa: E402
-from vlmrl.train.grpo import build_grpo_trainer  # noqa: E402
 from vlmrl.train.vllm_generation import RolloutDisagreement  # noqa: E402
 
 STEPS = 2
@@ -37,90 +34,68 @@ CAP = 2.0
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from vlmrl.stages.rollout_demo import build_rollout_demo
-
-    return build_rollout_demo(tmp_path_factory.mktemp("vllm_server_trainer"), num_rows=8,
-                              video_fraction=0.5)
-
-
-@pytest.fixture(scope="module")
-def server(demo):
-    with start_rollout_server(demo.model_dir, timeout=300) as handle:
+def server(trainer_demo):
+    with start_rollout_server(trainer_demo.model_dir, timeout=300) as handle:
         yield handle
 
 
 @pytest.fixture(scope="module")
-def vllm_positions_server(demo):
+def vllm_positions_server(trainer_demo):
     """A server sampling under vLLM's own M-RoPE rule (after a video: off by up to ~1 per token)."""
-    with start_rollout_server(demo.model_dir, engine_kwargs={"mrope": "vllm"}, timeout=300) as handle:
+    with start_rollout_server(trainer_demo.model_dir, engine_kwargs={"mrope": "vllm"},
+                              timeout=300) as handle:
         yield handle
 
 
-def _settings(url: str, **rollout) -> dict:
-    return {"rl": {
-        "algorithm": "t_grpo", "max_steps": STEPS, "num_generations": 4, "per_device_train_batch_size": 8,
-        "max_completion_length": 24, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
-        "temporal": {"num_shuffled": 2}, "report_to": [],
-        "rollout": {"engine": "vllm", "mode": "server", "server_url": url, "check_every": 1, **rollout}}}
+def _trainer(trainer_demo, tmp_path, url: str, **rollout):
+    return vllm_trainer(trainer_demo, tmp_path, STEPS, mode="server", server_url=url, **rollout)
 
 
-def _trainer(demo, tmp_path, url: str, **rollout):
-    rl = demo.recipe.override(_settings(url, **rollout)).rl
-    loaded = load_model(demo.model_dir)
-    freeze_vision_tower(loaded.model)
-    dataset, _ = load_frame_dataset(demo.model_dir.parent / "frames_rl")
-    return build_grpo_trainer(loaded.model, loaded.processor, dataset, tmp_path / "out", rl)
-
-
-def _logged(trainer, key: str) -> list[float]:
-    return [e[key] for e in trainer.state.log_history if key in e]
-
-
-def test_t_grpo_steps_through_a_rollout_server(demo, server, tmp_path):
+def test_t_grpo_steps_through_a_rollout_server(trainer_demo, server, tmp_path):
     client = server.client()
     version = client.health()["weights_version"]
-    trainer = _trainer(demo, tmp_path, server.url)
+    trainer = _trainer(trainer_demo, tmp_path, server.url)
     trainer.add_callback(Perturb())
     trainer.train()
-    gaps = _logged(trainer, "rollout/logprob_gap_max")
+    gaps = logged(trainer, "rollout/logprob_gap_max")
     assert len(gaps) == STEPS and max(gaps) < 1e-3, gaps  # the server holds the policy's weights
     assert client.health()["weights_version"] == version + STEPS  # one update per step
-    assert max(_logged(trainer, "temporal/video_groups")) >= 1
+    assert max(logged(trainer, "temporal/video_groups")) >= 1
 
 
-def test_a_disagreeing_server_stops_the_run_naming_the_positions(demo, vllm_positions_server, tmp_path):
-    trainer = _trainer(demo, tmp_path, vllm_positions_server.url)
+def test_a_disagreeing_server_stops_the_run_naming_the_positions(trainer_demo, vllm_positions_server, tmp_path):
+    trainer = _trainer(trainer_demo, tmp_path, vllm_positions_server.url)
     with pytest.raises(RolloutDisagreement, match=r"the positions \(vllm M-RoPE rule\)"):
         trainer.train()
 
 
-def test_importance_sampling_trains_through_a_bounded_gap(demo, vllm_positions_server, tmp_path):
-    trainer = _trainer(demo, tmp_path, vllm_positions_server.url,
+def test_importance_sampling_trains_through_a_bounded_gap(trainer_demo, vllm_positions_server, tmp_path):
+    trainer = _trainer(trainer_demo, tmp_path, vllm_positions_server.url,
                        importance_sampling="token_truncate", importance_sampling_max=CAP,
                        check_samples=64)
     trainer.train()
-    gaps = _logged(trainer, "rollout/logprob_gap_max")
+    gaps = logged(trainer, "rollout/logprob_gap_max")
     # the gate saw the gap (on the steps with a video prompt) and let it pass
     assert len(gaps) == STEPS and max(gaps) > 1e-2, gaps
     # TRL's correction ran on every sample: vLLM's and the policy's log-probs differ, the
     # truncated ratio pi_policy / pi_vllm stays within its stated bound
-    assert max(_logged(trainer, "sampling/sampling_logp_difference/max")) > 1e-2
-    ratios = _logged(trainer, "sampling/importance_sampling_ratio/max")
-    print(f"IS: gate gaps {gaps}, ratio min {_logged(trainer, 'sampling/importance_sampling_ratio/min')}"
-          f" max {ratios}, |logp diff| max {_logged(trainer, 'sampling/sampling_logp_difference/max')}")
+    assert max(logged(trainer, "sampling/sampling_logp_difference/max")) > 1e-2
+    ratios = logged(trainer, "sampling/importance_sampling_ratio/max")
+    print(f"IS: gate gaps {gaps}, ratio min {logged(trainer, 'sampling/importance_sampling_ratio/min')}"
+          f" max {ratios}, |logp diff| max {logged(trainer, 'sampling/sampling_logp_difference/max')}")
     assert len(ratios) == STEPS and max(ratios) <= CAP + 1e-6, ratios
-    assert min(_logged(trainer, "sampling/importance_sampling_ratio/min")) < 1.0
-    assert all(torch.isfinite(torch.tensor(v)) for v in _logged(trainer, "loss"))
+    assert min(logged(trainer, "sampling/importance_sampling_ratio/min")) < 1.0
+    assert all(torch.isfinite(torch.tensor(v)) for v in logged(trainer, "loss"))
 
 
-def test_two_training_processes_share_one_server(demo, server, tmp_path):
+def test_two_training_processes_share_one_server(trainer_demo, server, tmp_path):
     version = server.client().health()["weights_version"]
     out = tmp_path / "rl"
-    settings = _settings(server.url)
+    settings = t_grpo_settings(STEPS, mode="server", server_url=server.url)
     settings["rl"]["per_device_train_batch_size"] = 4  # one group of G = 4 per process and step
     command = [sys.executable, "-m", "vlmrl.cli", "train", "rl", "--recipe", "tiny-cpu",
-               "--sft", str(demo.model_dir), "--frames", str(demo.model_dir.parent / "frames_rl"),
+               "--sft", str(trainer_demo.model_dir),
+               "--frames", str(trainer_demo.model_dir.parent / "frames_rl"),
                "--out", str(out), "--set", "launch.accelerate_config=ddp",
                "--set", "launch.num_processes=2"]
     for path, value in _flatten(settings):

@@ -11,50 +11,15 @@ pytest.importorskip("vllm", reason="vLLM environment absent: build it with `make
                     "`.venv-vllm/bin/python -m pytest tests/vllm`")
 
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 
-from vlmrl.data.extract import load_frame_dataset  # noqa: E402
-from vlmrl.models.loading import freeze_vision_tower, load_model  # noqa: E402
-from vlmrl.train.grpo import build_grpo_trainer  # noqa: E402
+from tests.vllm.conftest import Perturb, vllm_trainer  # noqa: E402
 from vlmrl.train.vllm_generation import RolloutDisagreement  # noqa: E402
 
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from vlmrl.stages.rollout_demo import build_rollout_demo
-
-    return build_rollout_demo(tmp_path_factory.mktemp("vllm_trainer"), num_rows=8, video_fraction=0.5)
-
-
-def _trainer(demo, tmp_path, **rollout):
-    rl = demo.recipe.override({"rl": {
-        "algorithm": "t_grpo", "max_steps": STEPS, "num_generations": 4, "per_device_train_batch_size": 8,
-        "max_completion_length": 24, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
-        "temporal": {"num_shuffled": 2}, "report_to": [],
-        "rollout": {"engine": "vllm", "check_every": 1, **rollout}}}).rl
-    loaded = load_model(demo.model_dir)
-    freeze_vision_tower(loaded.model)
-    dataset, _ = load_frame_dataset(demo.model_dir.parent / "frames_rl")
-    return build_grpo_trainer(loaded.model, loaded.processor, dataset, tmp_path / "out", rl)
-
-
-class Perturb(TrainerCallback):
-    """Move the language model's weights after every step: the tiny model's groups often
-    carry no reward signal, so the optimizer alone may leave the weights where they were,
-    and agreement after a step would then not show that the new weights reached vLLM."""
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        g = torch.Generator().manual_seed(state.global_step)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
-
-
-def test_t_grpo_steps_roll_out_through_vllm(demo, tmp_path):
-    trainer = _trainer(demo, tmp_path)
+def test_t_grpo_steps_roll_out_through_vllm(trainer_demo, tmp_path):
+    trainer = vllm_trainer(trainer_demo, tmp_path, STEPS)
     trainer.add_callback(Perturb())
     assert trainer._vllm.vision == "embeddings"  # frozen tower: vLLM gets the trainer's embeddings
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -72,8 +37,8 @@ def test_t_grpo_steps_roll_out_through_vllm(demo, tmp_path):
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log if "loss" in e)
 
 
-def test_a_gate_that_cannot_be_met_stops_the_run(demo, tmp_path):
-    trainer = _trainer(demo, tmp_path, max_logprob_gap=1e-12)
+def test_a_gate_that_cannot_be_met_stops_the_run(trainer_demo, tmp_path):
+    trainer = vllm_trainer(trainer_demo, tmp_path, STEPS, max_logprob_gap=1e-12)
     with pytest.raises(RolloutDisagreement, match=r"step 0: vLLM's sampled log-probs differ .* "
                        r"vision inputs \(rl.rollout.vision = embeddings\), the positions \(transformers M-RoPE "
                        r"rule\), or the weights .* "

@@ -157,7 +157,13 @@ class VllmRollout:
                              "M-RoPE rule (a class patch): start this engine in another process")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError(
+                f"vLLM is not installed in this environment ({exc}): build .venv-vllm with `make vllm` "
+                "and run there, or serve it (`.venv-vllm/bin/vlmrl rollout-serve`, "
+                "rl.rollout.mode = server) and train from here (docs/vllm.md)") from exc
 
         _keep_video_embed_timing()
         if mrope == "transformers":
