@@ -10,13 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl.models.multimodal import mm_token_types
+from vlmrl.models.multimodal import chat_media, encode_texts, mm_token_types, render_chats
 from vlmrl.rollout import (
     PromptIdsMismatch,
     build_rollout_prompts,
     check_prompt_ids,
+    group_repeats,
     hf_completion_logprobs,
     logprob_gap,
+    rollout_prompts,
     vision_token_ids,
 )
 from vlmrl.train.prompts import build_prompt, sampled_fps
@@ -134,3 +136,30 @@ def test_recomputed_logprobs_equal_generates_own(tiny):
         assert logprob_gap([got], [expected.tolist()]).max_abs < 1e-4
     with pytest.raises(ValueError, match="vision token"):
         hf_completion_logprobs(model, prompt, [[banned[0]]])
+
+
+def test_repeated_rows_share_one_prompt_and_become_vllms_n(tiny):
+    """GRPO's G copies of a prompt: one RolloutPrompt (embeddings computed once), one request
+    with n = G. A row with the same question but other frames (T-GRPO's shuffled order) is a
+    prompt of its own, and so is a repeat that is not adjacent."""
+    model, processor = tiny
+    row = _video_row()
+    shuffled = dict(row, frames=row["frames"][::-1])
+    convs = [build_prompt(r) for r in (row, row, row, shuffled, shuffled, _image_row(), row)]
+    texts = render_chats(processor, convs)
+    media = [chat_media(c) for c in convs]
+    encoded = encode_texts(processor, texts, media)
+    prompts = rollout_prompts(texts, media, encoded, vision="embeddings", model=model,
+                              share_repeats=True)
+    assert prompts[0] is prompts[1] is prompts[2] and prompts[3] is prompts[4]
+    assert prompts[2] is not prompts[3] and prompts[6] is not prompts[0]
+    assert not torch.equal(prompts[0].multi_modal_data["video"]["video_embeds"],
+                           prompts[3].multi_modal_data["video"]["video_embeds"])
+    unique, counts = group_repeats(prompts)
+    assert counts == [3, 2, 1, 1] and unique == [prompts[0], prompts[3], prompts[5], prompts[6]]
+    # without sharing every row is its own prompt, with equal contents
+    separate = rollout_prompts(texts, media, encoded, vision="embeddings", model=model)
+    assert len({id(p) for p in separate}) == len(convs)
+    assert torch.equal(separate[1].multi_modal_data["video"]["video_embeds"],
+                       prompts[1].multi_modal_data["video"]["video_embeds"])
+    assert group_repeats(separate)[1] == [1] * len(convs)

@@ -12,7 +12,13 @@ from vlmrl.rollout.agreement import (
     logprob_gap,
     vision_token_ids,
 )
-from vlmrl.rollout.inputs import RolloutPrompt, VisionInput, build_rollout_prompts, rollout_prompts
+from vlmrl.rollout.inputs import (
+    RolloutPrompt,
+    VisionInput,
+    build_rollout_prompts,
+    group_repeats,
+    rollout_prompts,
+)
 from vlmrl.rollout.server import RolloutClient, RolloutServerError, start_rollout_server
 from vlmrl.rollout.vllm_engine import RolloutOutput, VllmRollout, language_model_weights
 
@@ -27,6 +33,7 @@ __all__ = [
     "VllmRollout",
     "build_rollout_prompts",
     "check_prompt_ids",
+    "group_repeats",
     "hf_completion_logprobs",
     "language_model_weights",
     "logprob_gap",

@@ -120,6 +120,13 @@ def build_rollout_prompts(
     return rollout_prompts(texts, media, encoded, vision=vision, model=model)
 
 
+def _same_prompt(prompt: RolloutPrompt, text: str, ids: list[int],
+                 visual: dict[str, torch.Tensor]) -> bool:
+    return (prompt.text == text and prompt.hf_prompt_ids == ids
+            and prompt.visual.keys() == visual.keys()
+            and all(torch.equal(prompt.visual[k], visual[k]) for k in visual))
+
+
 def rollout_prompts(
     texts: Sequence[str],
     media: Sequence[ChatMedia],
@@ -127,16 +134,25 @@ def rollout_prompts(
     *,
     vision: VisionInput = "pixels",
     model: Any = None,
+    share_repeats: bool = False,
 ) -> list[RolloutPrompt]:
     """`build_rollout_prompts` from a batch already rendered and encoded (the trainer's
-    own processor call: no second one for vLLM)."""
+    own processor call: no second one for vLLM).
+
+    share_repeats: a row equal to the one before it (same text, ids and visual tensors:
+    GRPO's G copies of a prompt) gets the same RolloutPrompt object, built once (its
+    embeddings computed once); `group_repeats` turns such runs into vLLM's n.
+    """
     if vision not in ("pixels", "embeddings"):
         raise ValueError(f"vision must be 'pixels' or 'embeddings', got {vision!r}")
     if vision == "embeddings" and model is None:
         raise ValueError("vision='embeddings' needs the HF model whose vision tower computes them")
     ids = encoded.token_lists()
-    prompts = []
+    prompts: list[RolloutPrompt] = []
     for text, m, row_ids, visual in zip(texts, media, ids, encoded.visual_rows(), strict=True):
+        if share_repeats and prompts and _same_prompt(prompts[-1], text, row_ids, visual):
+            prompts.append(prompts[-1])
+            continue
         if vision == "embeddings" and visual:
             data: dict[str, Any] = _embeddings(model, visual)
         else:
@@ -147,3 +163,17 @@ def rollout_prompts(
                 data["video"] = _video_items(m)
         prompts.append(RolloutPrompt(text, data, row_ids, visual))
     return prompts
+
+
+def group_repeats(prompts: Sequence[RolloutPrompt]) -> tuple[list[RolloutPrompt], list[int]]:
+    """Runs of the same prompt object -> (each prompt once, its run length): G samples of
+    one prompt as vLLM's n = G (one prefill, one transfer) instead of G requests."""
+    unique: list[RolloutPrompt] = []
+    counts: list[int] = []
+    for prompt in prompts:
+        if unique and prompt is unique[-1]:
+            counts[-1] += 1
+        else:
+            unique.append(prompt)
+            counts.append(1)
+    return unique, counts

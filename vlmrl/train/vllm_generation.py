@@ -24,6 +24,7 @@ from vlmrl.models.multimodal import ChatMedia, EncodedChats
 from vlmrl.rollout import (
     LogprobGap,
     RolloutPrompt,
+    group_repeats,
     hf_completion_logprobs,
     language_model_weights,
     logprob_gap,
@@ -105,20 +106,23 @@ class VllmGeneration:
 
     def prompts(self, model: Any, texts: Sequence[str], media: Sequence[ChatMedia],
                 encoded: EncodedChats) -> list[RolloutPrompt]:
-        """vLLM's inputs for the trainer's encoded batch (no second processor call)."""
-        return rollout_prompts(texts, media, encoded, vision=self.vision,
+        """vLLM's inputs for the trainer's encoded batch (no second processor call); a
+        prompt's G repeated rows share one object (see `generate`)."""
+        return rollout_prompts(texts, media, encoded, vision=self.vision, share_repeats=True,
                                model=model if self.vision == "embeddings" else None)
 
     def generate(self, model: Any, prompts: Sequence[RolloutPrompt], step: int, *,
                  max_tokens: int, temperature: float, top_p: float, top_k: int,
                  suppress_token_ids: Sequence[int],
                  pad_token_id: int | None) -> tuple[list[list[int]], list[list[float]]]:
-        """One completion per prompt (rows already repeat each prompt G times), with the
-        sampled tokens' log-probs; the agreement gate runs when it is due."""
-        outputs = self.engine.generate(prompts, 1, max_tokens, temperature=temperature, top_p=top_p,
-                                       top_k=top_k, suppress_token_ids=suppress_token_ids)
-        ids = [o.completion_ids[0] for o in outputs]
-        logprobs = [o.logprobs[0] for o in outputs]
+        """One completion per prompt, with the sampled tokens' log-probs; the agreement
+        gate runs when it is due. The rows repeat each prompt G times: a run of one prompt
+        object is one request with n = G (samples independent all the same)."""
+        unique, counts = group_repeats(prompts)
+        outputs = self.engine.generate(unique, counts, max_tokens, temperature=temperature,
+                                       top_p=top_p, top_k=top_k, suppress_token_ids=suppress_token_ids)
+        ids = [c for o in outputs for c in o.completion_ids]
+        logprobs = [lp for o in outputs for lp in o.logprobs]
         if self.checked_step is None or step - self.checked_step >= self.cfg.check_every:
             self.check(model, prompts, ids, logprobs, step, temperature=temperature,
                        suppress_token_ids=suppress_token_ids, pad_token_id=pad_token_id)
