@@ -84,20 +84,25 @@ def rollout_speed(num_prompts: int = 8, samples: int = 8, repeats: int = 3,
 
     def vllm_rollout(path: str) -> tuple[int, list, list]:
         vision = "pixels" if path == "pixels" else "embeddings"
-        prompts = build_rollout_prompts(processor, convs, vision=vision, model=model)
+        if path == "ungrouped":  # the G copies as G requests (the trainer before grouping)
+            prompts = build_rollout_prompts(processor, [c for c in convs for _ in range(g)],
+                                            vision=vision, model=model)
+        else:
+            prompts = build_rollout_prompts(processor, convs, vision=vision, model=model)
         # no per-request seeds: on the CPU backend a seeded request whose prefill is
         # chunked fails ("CPU Generator does not use offset"); the engine seed applies
         outputs = (client if path == "server" else engine).generate(
-            prompts, g, max_tokens, temperature=rl.temperature, top_p=rl.top_p,
-            suppress_token_ids=banned)
+            prompts, 1 if path == "ungrouped" else g, max_tokens, temperature=rl.temperature,
+            top_p=rl.top_p, suppress_token_ids=banned)
         return sum(len(c) for o in outputs for c in o.completion_ids), prompts, outputs
 
     results: dict[str, dict] = {}
-    timings: dict[str, list[float]] = {"hf": [], "pixels": [], "embeddings": [], "server": []}
+    timings: dict[str, list[float]] = {"hf": [], "pixels": [], "embeddings": [], "ungrouped": [],
+                                       "server": []}
     tokens: dict[str, int] = {}
     last: dict[str, tuple] = {}
     hf_rollout()
-    for path in ("pixels", "embeddings", "server"):  # warm-up, untimed
+    for path in ("pixels", "embeddings", "ungrouped", "server"):  # warm-up, untimed
         vllm_rollout(path)
     for _ in range(repeats):
         for name in timings:
@@ -166,7 +171,8 @@ def main() -> None:
     print(f"{'path':<22}{'median s':>10}{'tokens':>8}{'tok/s':>9}{'HF / this':>11}"
           f"{'gap max':>11}{'gap mean':>11}")
     for name, label in (("hf", "transformers generate"), ("pixels", "vLLM, pixels"),
-                        ("embeddings", "vLLM, HF embeddings"), ("server", "vLLM server, embeddings")):
+                        ("embeddings", "vLLM, HF embeddings"),
+                        ("ungrouped", "  same, G requests n=1"), ("server", "vLLM server, embeddings")):
         row = results[name]
         gap = (f"{row['gap_max']:>11.2e}{row['gap_mean']:>11.2e}" if "gap_max" in row
                else f"{'-':>11}{'-':>11}")
