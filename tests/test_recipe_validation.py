@@ -245,8 +245,23 @@ def test_rollout_settings_are_checked_when_the_recipe_loads():
             **vllm, "importance_sampling": "token_truncate"}}})
     with pytest.raises(RecipeError, match=r"rl.rollout.importance_sampling_max: must be > 1"):
         load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling_max": 1.0}}})
-    with pytest.raises(RecipeError, match=r"importance_sampling_min must be below"):
-        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling_min": 3.0}}})
+    with pytest.raises(RecipeError, match=r"importance_sampling_min: must be in \[0, 1\), got 1.0"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling_min": 1.0}}})
+    server = {**vllm, "mode": "server", "server_url": "http://127.0.0.1:8000"}
+    with pytest.raises(RecipeError, match=r"server_url is for mode = server"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "server_url": "http://127.0.0.1:8000"}}})
+    with pytest.raises(RecipeError, match=r"vllm_kwargs configure a colocated engine"):
+        load_recipe("tiny-cpu", {"rl": {"rollout": {**server, "vllm_kwargs": {"mrope": "vllm"}}}})
+    # vLLM's log-probs are of the top-p-filtered distribution: per sequence the ratio would
+    # be a product of kept masses
+    with pytest.raises(RecipeError, match=r"sequence_\* with top_p < 1 .* use a token_\* mode"):
+        load_recipe("tiny-cpu", {"rl": {"top_p": 0.95, "rollout": {
+            **vllm, "importance_sampling": "sequence_truncate"}}})
+    with pytest.raises(RecipeError, match=r"vespo computes sequence weights itself"):
+        load_recipe("tiny-cpu", {"rl": {"algorithm": "grpo", "loss_type": "vespo", "rollout": {
+            **vllm, "importance_sampling": "sequence_mask"}}})
+    with pytest.raises(RecipeError, match=r"vllm_importance_sampling_mode.*rl.rollout"):
+        load_recipe("tiny-cpu", {"rl": {"trainer_kwargs": {"vllm_importance_sampling_mode": "token_mask"}}})
     with pytest.raises(RecipeError, match=r"rl.rollout.importance_sampling"):
         load_recipe("tiny-cpu", {"rl": {"rollout": {**vllm, "importance_sampling": "tokens"}}})
     served = load_recipe("tiny-cpu", {"rl": {"rollout": {

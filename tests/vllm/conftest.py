@@ -55,22 +55,22 @@ def trainer_demo(tmp_path_factory):
     return build_rollout_demo(tmp_path_factory.mktemp("vllm_trainer"), num_rows=8, video_fraction=0.5)
 
 
-def t_grpo_settings(steps: int, **rollout) -> dict:
+def t_grpo_settings(steps: int, top_p: float = 1.0, **rollout) -> dict:
     """Recipe overrides: `steps` T-GRPO steps on vLLM rollouts, the gate at every step."""
     return {"rl": {
-        "algorithm": "t_grpo", "max_steps": steps, "num_generations": 4, "per_device_train_batch_size": 8,
+        "algorithm": "t_grpo", "max_steps": steps, "top_p": top_p, "num_generations": 4, "per_device_train_batch_size": 8,
         "max_completion_length": 24, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
         "temporal": {"num_shuffled": 2}, "report_to": [],
         "rollout": {"engine": "vllm", "check_every": 1, **rollout}}}
 
 
-def vllm_trainer(demo, tmp_path, steps: int, **rollout):
+def vllm_trainer(demo, tmp_path, steps: int, top_p: float = 1.0, **rollout):
     """A VideoGRPOTrainer on the demo's rows and checkpoint, vision tower frozen."""
     from vlmrl.data.extract import load_frame_dataset
     from vlmrl.models.loading import freeze_vision_tower, load_model
     from vlmrl.train.grpo import build_grpo_trainer
 
-    rl = demo.recipe.override(t_grpo_settings(steps, **rollout)).rl
+    rl = demo.recipe.override(t_grpo_settings(steps, top_p, **rollout)).rl
     loaded = load_model(demo.model_dir)
     freeze_vision_tower(loaded.model)
     dataset, _ = load_frame_dataset(demo.model_dir.parent / "frames_rl")

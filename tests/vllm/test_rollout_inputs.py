@@ -15,6 +15,7 @@ from vlmrl.rollout import (
     PromptIdsMismatch,
     build_rollout_prompts,
     check_prompt_ids,
+    filter_top_k_top_p,
     group_repeats,
     hf_completion_logprobs,
     logprob_gap,
@@ -163,3 +164,22 @@ def test_repeated_rows_share_one_prompt_and_become_vllms_n(tiny):
     assert torch.equal(separate[1].multi_modal_data["video"]["video_embeds"],
                        prompts[1].multi_modal_data["video"]["video_embeds"])
     assert group_repeats(separate)[1] == [1] * len(convs)
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 0.5), (0, 0.95), (7, 1.0), (7, 0.9), (0, 1.0)])
+def test_top_k_top_p_filter_is_the_samplers(top_k, top_p):
+    """The gate's filter keeps exactly the tokens transformers' (and vLLM's) sampler keeps."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(top_k)) * 3
+    expected = logits.clone()
+    if top_k:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p < 1:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    kept = filter_top_k_top_p(logits, top_k, top_p)
+    assert torch.equal(kept.isfinite(), expected.isfinite())
+    assert torch.equal(kept[kept.isfinite()], logits[kept.isfinite()])  # kept values untouched
+    if top_p < 1:  # what is kept holds at least top_p of the (top-k) distribution's mass
+        before = filter_top_k_top_p(logits, top_k, 1.0).softmax(-1)
+        assert (before * kept.isfinite()).sum(-1).min() >= top_p - 1e-6

@@ -24,7 +24,9 @@ from vlmrl.rollout import (  # noqa: E402
     RolloutPrompt,
     VllmRollout,
     build_rollout_prompts,
+    hf_completion_logprobs,
     language_model_weights,
+    logprob_gap,
     vision_token_ids,
 )
 from vlmrl.train.prompts import build_prompt, sampled_fps  # noqa: E402
@@ -93,6 +95,26 @@ def test_embedding_path_rollouts_agree_with_transformers(demo, hf, sample, kind)
     gap = hf_gap(model, prompts, outputs)
     assert gap.num_tokens >= 4 * len(prompts)
     assert gap.max_abs <= MAX_GAP, gap
+
+
+def test_nucleus_sampling_logprobs_are_the_filtered_distributions(demo, hf, engine):
+    """With top_p < 1 vLLM reports the log-probs of the nucleus it sampled from; the HF
+    recomputation with the same filter agrees, without it every token is off by the kept
+    mass (>= -log top_p)."""
+    model, processor = hf
+    banned = vision_token_ids(model.config)
+    prompts = build_rollout_prompts(processor, conversations(demo, "video"), vision="embeddings",
+                                    model=model)
+    outputs = engine.generate(prompts, 4, MAX_TOKENS, top_p=0.9, seed=3, suppress_token_ids=banned)
+    ours, filtered, unfiltered = [], [], []
+    for prompt, out in zip(prompts, outputs, strict=True):
+        ours += out.logprobs
+        filtered += hf_completion_logprobs(model, prompt, out.completion_ids, top_p=0.9,
+                                           suppress_token_ids=banned)
+        unfiltered += hf_completion_logprobs(model, prompt, out.completion_ids,
+                                             suppress_token_ids=banned)
+    assert logprob_gap(ours, filtered).max_abs <= MAX_GAP
+    assert logprob_gap(ours, unfiltered).max_abs > 1e-2
 
 
 def test_video_timing_reaches_the_embedding_path(demo, hf, sample):

@@ -22,11 +22,12 @@ pytest.importorskip("vllm", reason="vLLM environment absent: build it with `make
                     "`.venv-vllm/bin/python -m pytest tests/vllm`")
 
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from tests.train.test_distributed import free_port  # noqa: E402
 from tests.vllm.conftest import Perturb, logged, t_grpo_settings, vllm_trainer  # noqa: E402
 from vlmrl.lineage import read_manifest  # noqa: E402
-from vlmrl.rollout import start_rollout_server  # noqa: E402
+from vlmrl.rollout import RolloutClient, start_rollout_server  # noqa: E402
 from vlmrl.train.vllm_generation import RolloutDisagreement  # noqa: E402
 
 STEPS = 2
@@ -86,6 +87,33 @@ def test_importance_sampling_trains_through_a_bounded_gap(trainer_demo, vllm_pos
     assert len(ratios) == STEPS and max(ratios) <= CAP + 1e-6, ratios
     assert min(logged(trainer, "sampling/importance_sampling_ratio/min")) < 1.0
     assert all(torch.isfinite(torch.tensor(v)) for v in logged(trainer, "loss"))
+
+
+class ForeignUpdate(TrainerCallback):
+    """Another client moves the server's vision tower after step 0 (a second run on the
+    same server, or a restart from another checkpoint)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            g = torch.Generator().manual_seed(0)
+            tower = [(n, t + 0.5 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+                     for n, t in model.state_dict().items() if ".visual." in f".{n}"]
+            RolloutClient(self.url).update_weights(tower)
+
+
+def test_a_server_changed_by_someone_else_gets_every_weight_again(trainer_demo, server, tmp_path):
+    """Frozen tower, pixels to vLLM: after the first sync only the language model is sent,
+    unless the server's weights version shows that someone else changed it."""
+    version = server.client().health()["weights_version"]
+    trainer = _trainer(trainer_demo, tmp_path, server.url, vision="pixels")
+    trainer.add_callback(ForeignUpdate(server.url))
+    trainer.train()
+    gaps = logged(trainer, "rollout/logprob_gap_max")
+    assert len(gaps) == STEPS and max(gaps) < 1e-3, gaps  # vLLM's tower is the policy's again
+    assert server.client().health()["weights_version"] == version + STEPS + 1
 
 
 def test_two_training_processes_share_one_server(trainer_demo, server, tmp_path):

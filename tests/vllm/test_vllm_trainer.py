@@ -19,7 +19,9 @@ STEPS = 3
 
 
 def test_t_grpo_steps_roll_out_through_vllm(trainer_demo, tmp_path):
-    trainer = vllm_trainer(trainer_demo, tmp_path, STEPS)
+    # nucleus sampling as the 7B recipes have it: the gate filters the policy's
+    # distribution as vLLM's sampler does (without, the gap would be -log 0.95 per token)
+    trainer = vllm_trainer(trainer_demo, tmp_path, STEPS, top_p=0.95)
     trainer.add_callback(Perturb())
     assert trainer._vllm.vision == "embeddings"  # frozen tower: vLLM gets the trainer's embeddings
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -71,6 +71,27 @@ def logprob_gap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> L
     return LogprobGap(float(t.max()), float(t.mean()), len(diffs))
 
 
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits outside the top-k / top-p set at -inf: the distribution a sampler with those
+    settings draws from, and whose log-probs vLLM returns (processed_logprobs).
+
+    vLLM 0.32's rule (`apply_top_k_top_p_pytorch`), which is also transformers' (TopK / TopP
+    logits processors): sort ascending; top-k keeps values >= the k-th largest; top-p drops
+    the low end whose cumulative probability is <= 1 - p, always keeping the largest.
+    """
+    if top_k <= 0 and top_p >= 1.0:
+        return logits
+    values, order = logits.sort(dim=-1, descending=False)
+    if top_k > 0:
+        kth = values[..., -min(top_k, values.size(-1))].unsqueeze(-1)
+        values = values.masked_fill(values < kth, float("-inf"))
+    if top_p < 1.0:
+        low = values.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        low[..., -1] = False
+        values = values.masked_fill(low, float("-inf"))
+    return logits.scatter(-1, order, values)
+
+
 @torch.no_grad()
 def hf_completion_logprobs(
     model: torch.nn.Module,
@@ -79,13 +100,16 @@ def hf_completion_logprobs(
     *,
     temperature: float = 1.0,
     suppress_token_ids: Sequence[int] = (),
+    top_p: float = 1.0,
+    top_k: int = 0,
     pad_token_id: int = 0,
 ) -> list[list[float]]:
     """The HF model's log-probs of each completion's tokens after `prompt` (pixels in).
 
     The trainer's forward: processor ids, the prompt's visual tensors, mm_token_type_ids,
-    logits / temperature. `suppress_token_ids` are masked out before the softmax, as
-    vLLM's processed log-probs see them when sampling bans them.
+    logits / temperature. `suppress_token_ids` are masked out, then the top-k / top-p
+    filter applied, before the softmax: the distribution vLLM sampled from and reports
+    (processed log-probs).
     """
     if not completions:
         return []
@@ -118,7 +142,7 @@ def hf_completion_logprobs(
     logits = logits[:, p - 1 : -1] / temperature
     if suppress_token_ids:
         logits[..., list(suppress_token_ids)] = float("-inf")
-    logps = logits.log_softmax(-1)
+    logps = filter_top_k_top_p(logits, top_k, top_p).log_softmax(-1)
     out = []
     for i, c in enumerate(completions):
         target = torch.tensor(list(c), device=logps.device)

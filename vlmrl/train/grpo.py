@@ -82,6 +82,7 @@ from vlmrl.train.temporal import (
     plan_shuffled_rollouts,
     shuffled_accuracy_table,
 )
+from vlmrl.train.vllm_generation import RolloutDisagreement
 
 TEMPORAL_COLUMN = "temporal_bonus"
 LENGTH_COLUMN = "length_bonus"
@@ -435,20 +436,41 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         if self._vllm.needs_sync(step):
             # one sender (a server's other clients only wait), and nobody generates before
             # the new weights are in
-            self._vllm.sync(model, step, send=self.accelerator.is_main_process)
-            self.accelerator.wait_for_everyone()
+            self._on_every_rank(lambda: self._vllm.sync(model, step,
+                                                        send=self.accelerator.is_main_process))
+            self._on_every_rank(self._vllm.synced)
         prompts = self._vllm.prompts(model, *self._rollout_batch)
         checked = self._vllm.checked_step
-        out = self._vllm.generate(
+        out = self._on_every_rank(lambda: self._vllm.generate(
             model, prompts, step, max_tokens=self.max_completion_length,
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0,
             suppress_token_ids=self.generation_kwargs["suppress_tokens"],
             pad_token_id=self.processing_class.tokenizer.pad_token_id,
-        )
+        ))
         if self._vllm.checked_step != checked:  # the gate ran this rollout
             self._log("rollout/logprob_gap_max", self._vllm.last_gap.max_abs)
             self._log("rollout/logprob_gap_mean", self._vllm.last_gap.mean_abs)
         return out
+
+    def _on_every_rank(self, call: Callable[[], Any]) -> Any:
+        """`call()`, then every training process learns whether any of them failed: a
+        process raising alone (a failed weight send, a disagreeing gate) would leave the
+        others waiting in their next collective until it times out."""
+        error: BaseException | None = None
+        result = None
+        try:
+            result = call()
+        except Exception as exc:  # re-raised below, on every process
+            error = exc
+        if self.accelerator.num_processes > 1:
+            failed = gather_object([None if error is None else
+                                    f"process {self.accelerator.process_index}: {error}"])
+            if error is None and any(failed):
+                raise RolloutDisagreement("another training process stopped the rollout: "
+                                          + "; ".join(f for f in failed if f))
+        if error is not None:
+            raise error
+        return result
 
     # ------------------------------------------------------------------ rewards
 

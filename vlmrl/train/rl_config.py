@@ -46,6 +46,15 @@ FIXED_GROUP_KWARGS = {
                                      "whole prompt groups)"),
 }
 
+# TRL's own vLLM settings: its backend sends no videos (refused), and its importance-sampling
+# correction is configured by rl.rollout (the trainer sets these from it).
+VLLM_TRAINER_KWARGS = {
+    key: "vLLM rollouts are configured by rl.rollout (docs/vllm.md)"
+    for key in ("use_vllm", "vllm_mode", "vllm_importance_sampling_correction",
+                "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
+                "vllm_importance_sampling_clip_min")
+}
+
 
 @dataclass
 class TemporalConfig:
@@ -80,6 +89,7 @@ class RolloutConfig:
         "server": in a `vlmrl rollout-serve` process at `server_url`; any number of
         training processes send it their prompts, the main one its weights.
     server_url: the server's address in server mode (e.g. http://127.0.0.1:8000).
+    server_timeout: seconds a request to the server may take (a 7B rollout batch is long).
     vision: what vLLM gets for images and videos: "auto" (the trainer's vision embeddings
         when the tower is frozen, else pixels), "embeddings" or "pixels".
     check_every / check_samples / max_logprob_gap: the agreement gate. At the first
@@ -99,6 +109,7 @@ class RolloutConfig:
     engine: Literal["transformers", "vllm"] = "transformers"
     mode: Literal["colocate", "server"] = "colocate"
     server_url: str | None = None
+    server_timeout: float = 1800.0
     vision: Literal["auto", "embeddings", "pixels"] = "auto"
     check_every: int = 10
     check_samples: int = 4
@@ -116,9 +127,11 @@ class RolloutConfig:
         if self.mode == "server" and not self.server_url:
             raise ValueError("rl.rollout.mode = server needs rl.rollout.server_url "
                              "(the address `vlmrl rollout-serve` listens on)")
-        if self.importance_sampling_min is not None and (
-                self.importance_sampling_min >= self.importance_sampling_max):
-            raise ValueError("rl.rollout.importance_sampling_min must be below importance_sampling_max")
+        if self.mode == "colocate" and self.server_url:
+            raise ValueError("rl.rollout.server_url is for mode = server (the engine is colocated)")
+        if self.mode == "server" and self.vllm_kwargs:
+            raise ValueError("rl.rollout.vllm_kwargs configure a colocated engine; a server takes "
+                             "them on its command line (vlmrl rollout-serve --engine-kwargs)")
 
     @property
     def accepts_importance_sampling(self) -> bool:
@@ -263,6 +276,17 @@ class RLConfig(TrainingSettings):
             )
         if self.temporal_enabled and self.num_shuffled < 1:
             raise ValueError("T-GRPO needs num_shuffled >= 1")
+        if self.rollout.importance_sampling.startswith("sequence") and (
+                self.top_p < 1 or self.trainer_kwargs.get("top_k")):
+            # vLLM reports the filtered distribution's log-probs, the policy's cover the whole
+            # vocabulary: per token the ratio is the kept mass (>= top_p), per sequence its
+            # product over hundreds of tokens
+            raise ValueError("rl.rollout.importance_sampling = sequence_* with top_p < 1 or top_k "
+                             "multiplies each token's kept probability mass over the sequence: use "
+                             "a token_* mode")
+        if self.loss_type == "vespo" and self.rollout.importance_sampling.startswith("sequence"):
+            raise ValueError("loss_type vespo computes sequence weights itself: "
+                             "rl.rollout.importance_sampling must be token_truncate or token_mask")
         if self.algorithm == "reg_grpo" and self.rollout.accepts_importance_sampling:
             # the correction weights the clipped surrogate's tokens; the regression loss has none
             raise ValueError("rl.rollout.importance_sampling is defined for the policy-gradient "
@@ -295,7 +319,8 @@ class RLConfig(TrainingSettings):
     def reserved_trainer_kwargs(self) -> dict[str, str]:
         """The GRPOConfig fields to_trl sets itself (key -> why): not for trainer_kwargs."""
         fixed = FIXED_GROUP_KWARGS if self.uses_groups_in_loss else {}
-        return {**RESERVED_TRAINER_KWARGS, **{key: item.why for key, item in fixed.items()}}
+        return {**RESERVED_TRAINER_KWARGS, **VLLM_TRAINER_KWARGS,
+                **{key: item.why for key, item in fixed.items()}}
 
     def group_layout_problem(self, per_device_batch: int, steps_per_generation: int) -> str | None:
         """Why prompt groups would not stay whole on one device, or None. Only group-level

@@ -46,7 +46,7 @@ def _engine(model: Any, cfg: RolloutConfig, seed: int, max_model_len: int) -> An
     if cfg.mode == "server":
         from vlmrl.rollout.server import RolloutClient
 
-        client = RolloutClient(cfg.server_url)
+        client = RolloutClient(cfg.server_url, timeout=cfg.server_timeout)
         info = client.health()
         vocab = model.get_output_embeddings().weight.shape[0]
         if info["vocab_size"] != vocab:
@@ -82,6 +82,8 @@ class VllmGeneration:
                              "(model.freeze_vision): a trainable tower's embeddings change every step")
         self.engine = _engine(model, cfg, seed, max_model_len)
         self.synced_step: int | None = None
+        self._synced_frozen: bool | None = None  # the tower's state at the last sync sent
+        self.weights_version: int | None = None  # a server's, once this run's weights are in
         self.checked_step: int | None = None
         self.last_gap: LogprobGap | None = None
 
@@ -94,15 +96,30 @@ class VllmGeneration:
 
     def sync(self, model: Any, step: int, *, send: bool = True) -> None:
         """Mark this step's weights as the engine's; `send` them (the process that owns
-        the engine's weights does; other training processes of a server only wait)."""
+        the engine's weights does; other training processes of a server only wait).
+
+        The language model alone only while the tower stays frozen since the last sync
+        sent: the first sync, any after the tower trained, and any to a server whose
+        weights changed since (restarted, or shared with another run) send every weight.
+        """
         if send:
-            first = self.synced_step is None
-            if _tower_frozen(model) and not first:
+            frozen = _tower_frozen(model)
+            if self.weights_version is not None and self.engine.health()["weights_version"] != (
+                    self.weights_version):
+                self._synced_frozen = None  # the server restarted or served another run: resend all
+            if frozen and self._synced_frozen:
                 weights = language_model_weights(model)
             else:
                 weights = [(n, t.detach()) for n, t in model.state_dict().items()]
             self.engine.update_weights(weights)
+            self._synced_frozen = frozen
         self.synced_step = step
+
+    def synced(self) -> None:
+        """After every process's sync: a server's weights version is this run's from now
+        on (each rollout checks it: a restarted or shared server would serve others)."""
+        if self.cfg.mode == "server":
+            self.weights_version = int(self.engine.health()["weights_version"])
 
     def prompts(self, model: Any, texts: Sequence[str], media: Sequence[ChatMedia],
                 encoded: EncodedChats) -> list[RolloutPrompt]:
@@ -121,23 +138,37 @@ class VllmGeneration:
         unique, counts = group_repeats(prompts)
         outputs = self.engine.generate(unique, counts, max_tokens, temperature=temperature,
                                        top_p=top_p, top_k=top_k, suppress_token_ids=suppress_token_ids)
+        got = [len(o.completion_ids) for o in outputs]
+        if got != counts:  # rows would receive other prompts' completions
+            raise RuntimeError(f"vLLM returned {got} samples per prompt, asked for {counts}")
+        version = getattr(self.engine, "last_weights_version", None)
+        if self.weights_version is not None and version != self.weights_version:
+            raise RolloutDisagreement(
+                f"step {step}: the rollout server at {self.cfg.server_url} holds weights version "
+                f"{version}, this run synced version {self.weights_version}: it restarted or "
+                "another trainer sent it weights")
         ids = [c for o in outputs for c in o.completion_ids]
         logprobs = [lp for o in outputs for lp in o.logprobs]
         if self.checked_step is None or step - self.checked_step >= self.cfg.check_every:
-            self.check(model, prompts, ids, logprobs, step, temperature=temperature,
-                       suppress_token_ids=suppress_token_ids, pad_token_id=pad_token_id)
+            self.check(model, prompts, ids, logprobs, step, temperature=temperature, top_p=top_p,
+                       top_k=top_k, suppress_token_ids=suppress_token_ids, pad_token_id=pad_token_id)
         return ids, logprobs
 
     def check(self, model: Any, prompts: Sequence[RolloutPrompt], ids: Sequence[list[int]],
-              logprobs: Sequence[list[float]], step: int, *, temperature: float,
-              suppress_token_ids: Sequence[int], pad_token_id: int | None) -> LogprobGap:
-        """The agreement gate: the policy's log-probs of a few vLLM samples vs vLLM's."""
-        picked = [i for i, c in enumerate(ids) if c][: self.cfg.check_samples]
-        if not picked:
+              logprobs: Sequence[list[float]], step: int, *, temperature: float, top_p: float,
+              top_k: int, suppress_token_ids: Sequence[int], pad_token_id: int | None) -> LogprobGap:
+        """The agreement gate: the policy's log-probs of a few vLLM samples vs vLLM's, under
+        the same sampling filters (temperature, banned tokens, top-k / top-p). The samples
+        come one per distinct prompt first (grouped rows would otherwise all be one prompt's)."""
+        nonempty = [i for i, c in enumerate(ids) if c]
+        if not nonempty:
             raise RolloutDisagreement("the agreement gate found no non-empty vLLM completion to check")
+        firsts = [i for i in nonempty if i == 0 or prompts[i] is not prompts[i - 1]]
+        picked = (firsts + [i for i in nonempty if i not in set(firsts)])[: self.cfg.check_samples]
         ours = [hf_completion_logprobs(model, prompts[i], [ids[i]], temperature=temperature,
-                                       suppress_token_ids=suppress_token_ids,
-                                       pad_token_id=pad_token_id or 0)[0] for i in picked]
+                                       suppress_token_ids=suppress_token_ids, top_p=top_p,
+                                       top_k=top_k, pad_token_id=pad_token_id or 0)[0]
+                for i in picked]
         gap = logprob_gap(ours, [logprobs[i] for i in picked])
         self.last_gap, self.checked_step = gap, step
         if gap.max_abs > self.cfg.max_logprob_gap and not self.cfg.accepts_importance_sampling:
