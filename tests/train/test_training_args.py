@@ -5,7 +5,7 @@ import dataclasses
 from vlmrl.eval.runner import DecodingSettings, GenerationSettings
 from vlmrl.recipes import EvalSection, Recipe, load_recipe
 from vlmrl.train.prompts import PromptConfig
-from vlmrl.train.rl_config import RLConfig
+from vlmrl.train.rl_config import VLLM_TRAINER_KWARGS, RLConfig
 from vlmrl.train.sft import SFTTrainConfig
 from vlmrl.train.training_args import (
     RESERVED_SFT_KWARGS,
@@ -45,9 +45,11 @@ def test_shared_fields_are_declared_once_and_reserved_keys_are_what_vlmrl_sets(t
         assert all(hasattr(args, key) for key in reserved)
         assert not set(reserved) & shared
     assert set(RESERVED_TRAINER_KWARGS) < set(RESERVED_SFT_KWARGS)
-    assert RLConfig().reserved_trainer_kwargs() == RESERVED_TRAINER_KWARGS
+    # TRL's own vLLM settings are rl.rollout's: each is a real GRPOConfig field
+    assert RLConfig().reserved_trainer_kwargs() == {**RESERVED_TRAINER_KWARGS, **VLLM_TRAINER_KWARGS}
+    assert all(hasattr(rl, key) for key in VLLM_TRAINER_KWARGS)
     grouped = RLConfig(algorithm="reg_grpo")  # whole prompt groups per loss call
-    extra = set(grouped.reserved_trainer_kwargs()) - set(RESERVED_TRAINER_KWARGS)
+    extra = set(grouped.reserved_trainer_kwargs()) - set(RLConfig().reserved_trainer_kwargs())
     assert extra == {"steps_per_generation"} and grouped.to_trl(tmp_path).steps_per_generation == 1
     assert (sft.max_length, sft.completion_only_loss, sft.dataset_kwargs) == (
         None, True, {"skip_prepare_dataset": True})
