@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -317,7 +318,7 @@ def _decode_pixels(modality: str, items: Any, where: str, tensors: _Tensors) -> 
             t = tensors.take(item, at, (torch.uint8,))
             if t.ndim != 3 or t.shape[-1] != 3:
                 raise BadRequest(f"{at}: an image must be uint8 [H, W, 3], got {tuple(t.shape)}")
-            out.append(Image.fromarray(t.numpy(), "RGB"))
+            out.append(Image.fromarray(t.numpy()))  # uint8 [H, W, 3]: RGB
             continue
         if not isinstance(item, dict):
             raise BadRequest(f"{at}: a video must be {{'frames': name, 'metadata': {{...}}}}")
@@ -763,7 +764,9 @@ class RolloutServerProcess:
     """A `vlmrl rollout-serve` subprocess: .url, .client(), .stop() (also as a context
     manager, so an exception in the with block still ends the server)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, ready_file: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, ready_file: Path,
+                 workdir: Path | None = None) -> None:
+        self.workdir = workdir  # ours to remove when the server stops
         self.process = process
         self.log_path = log_path
         self.ready_file = ready_file
@@ -795,6 +798,9 @@ class RolloutServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.workdir is not None:  # the ready file, and the log unless log_path was given
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
         return self.process.returncode
 
     def __enter__(self) -> RolloutServerProcess:
@@ -830,7 +836,7 @@ def start_rollout_server(
     with open(log_file, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-    handle = RolloutServerProcess(process, log_file, ready)
+    handle = RolloutServerProcess(process, log_file, ready, workdir)
     try:
         handle.wait_ready(timeout)
     except BaseException:
