@@ -37,7 +37,9 @@ from vlmrl.rollout import (  # noqa: E402
     vision_token_ids,
 )
 from vlmrl.rollout.server import (  # noqa: E402
+    TOKEN_ENV,
     RolloutRequestError,
+    RolloutServerError,
     encode_generate_request,
     start_rollout_server,
     weight_chunks,
@@ -257,3 +259,22 @@ def test_malformed_requests_are_refused(demo, hf, server, client):
 def test_bad_model_dir_fails_with_the_log_tail(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)before it was ready.*no config.json"):
         start_rollout_server(tmp_path / "missing", python=sys.executable, timeout=60)
+
+
+def test_a_token_guards_every_endpoint(demo, monkeypatch):
+    """With VLMRL_ROLLOUT_TOKEN set, the server answers only clients that send it (a client
+    reads it from the same variable); the secret never reaches the server's log."""
+    monkeypatch.setenv(TOKEN_ENV, "test-secret-4f2a")
+    with start_rollout_server(demo.model_dir, timeout=300,
+                              engine_kwargs={"max_model_len": 2048}) as handle:
+        assert handle.client().health()["vocab_size"] > 0
+        for token in ("", "wrong"):
+            with pytest.raises(RolloutServerError, match=f"wrong token .*{TOKEN_ENV}"):
+                handle.client(token=token).health()
+        assert "test-secret-4f2a" not in handle.log_path.read_text()
+
+
+def test_a_public_address_needs_a_token(demo, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=f"not loopback, so set {TOKEN_ENV}"):
+        start_rollout_server(demo.model_dir, host="0.0.0.0", timeout=120)

@@ -42,7 +42,8 @@ def add_rollout_commands(sub: Any) -> None:
                                              "(needs the vLLM environment, make vllm)")
     p.add_argument("--model", required=True, help="local checkpoint directory")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; the API has no authentication)")
+                   help="address to bind (default 127.0.0.1); any other needs the shared secret "
+                        "VLMRL_ROLLOUT_TOKEN in the environment, which clients then send")
     p.add_argument("--port", type=int, default=8000, help="0: a free port (see --ready-file)")
     p.add_argument("--ready-file", default=None,
                    help='written once listening: {"host", "port", "url", "pid"}')

@@ -24,6 +24,7 @@ HTTP/1.0 (one request per connection), so a waiting trainer cannot hold the serv
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 30  # one request; a weight update is several (chunk_bytes)
 DEFAULT_CHUNK_BYTES = 256 << 20
+# A shared secret, when set, both sides read from the environment (never a flag: flags show
+# in process lists and logs). The server then answers only requests that carry it.
+TOKEN_ENV = "VLMRL_ROLLOUT_TOKEN"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REQUEST_KEY = "request"
 
 # safetensors dtype names accepted in a request, and the ones each generate field takes
@@ -417,7 +422,11 @@ class RolloutServer:
 
     def __init__(self, engine: Any, *, host: str = "127.0.0.1", port: int = 0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None, token: str | None = None) -> None:
+        if host not in LOOPBACK and not token:
+            raise ValueError(f"binding {host} exposes an endpoint that takes weights: set {TOKEN_ENV} "
+                             "(a shared secret every client sends), or bind 127.0.0.1")
+        self.token = token or None
         self.engine = engine
         self.max_request_bytes = int(max_request_bytes)
         self.info = dict(info or {})
@@ -529,6 +538,9 @@ def _handler_class(server: RolloutServer) -> type[BaseHTTPRequestHandler]:
                       read_body: bool) -> None:
             route = routes.get(urlsplit(self.path).path)
             try:
+                if server.token is not None and not hmac.compare_digest(
+                        self.headers.get("Authorization", ""), f"Bearer {server.token}"):
+                    raise BadRequest(f"missing or wrong token (the server requires {TOKEN_ENV})", 401)
                 if route is None:
                     raise BadRequest(f"no endpoint {self.command} {self.path}", 404)
                 payload = route(self._body() if read_body else None)
@@ -594,10 +606,14 @@ def serve(model_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         raise FileNotFoundError(f"{model_dir}: no config.json (a local checkpoint directory)")
     from vlmrl.rollout.vllm_engine import VllmRollout
 
+    token = os.environ.get(TOKEN_ENV) or None
+    if host not in LOOPBACK and not token:  # before the engine loads
+        raise ValueError(f"--host {host}: not loopback, so set {TOKEN_ENV} (clients send it)")
     engine = VllmRollout(model_dir, **engine_kwargs)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with RolloutServer(engine, host=host, port=port, max_request_bytes=max_request_bytes,
+                           token=token,
                            info={"mrope": engine.mrope}) as server:
             if ready_file is not None:
                 _write_ready(ready_file, server)
@@ -630,8 +646,9 @@ class RolloutClient:
     """
 
     def __init__(self, base_url: str, *, timeout: float = 600.0,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout = timeout
         self.chunk_bytes = int(chunk_bytes)
         # no proxies: the server is local, and a proxy from the environment must not see it
@@ -643,6 +660,8 @@ class RolloutClient:
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
         request = urllib.request.Request(self.base_url + path, data=body, method=method)
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
         if body is not None:
             request.add_header("Content-Type", "application/octet-stream")
         try:
