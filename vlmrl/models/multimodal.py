@@ -176,6 +176,20 @@ def encode_texts(
     )
 
 
+def render_and_encode(
+    processor: Any,
+    conversations: Sequence[Conversation],
+    add_generation_prompt: bool = True,
+    padding_side: str = "left",
+    **template_kwargs: Any,
+) -> tuple[list[str], list[ChatMedia], EncodedChats]:
+    """`encode_chats` keeping what it built on the way: the rendered texts and each
+    conversation's media (what vLLM's prompts are made of, without a second encode)."""
+    texts = render_chats(processor, conversations, add_generation_prompt, **template_kwargs)
+    media = [chat_media(c) for c in conversations]
+    return texts, media, encode_texts(processor, texts, media, padding_side)
+
+
 def encode_chats(
     processor: Any,
     conversations: Sequence[Conversation],
@@ -184,8 +198,8 @@ def encode_chats(
     **template_kwargs: Any,
 ) -> EncodedChats:
     """Render conversations with the chat template and encode text + frames in one call."""
-    texts = render_chats(processor, conversations, add_generation_prompt, **template_kwargs)
-    return encode_texts(processor, texts, [chat_media(c) for c in conversations], padding_side)
+    return render_and_encode(processor, conversations, add_generation_prompt, padding_side,
+                             **template_kwargs)[2]
 
 
 def _split_by_grid(

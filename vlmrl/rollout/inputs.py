@@ -31,9 +31,7 @@ from vlmrl.models.multimodal import (
     ChatMedia,
     Conversation,
     EncodedChats,
-    chat_media,
-    encode_texts,
-    render_chats,
+    render_and_encode,
     video_metadata,
 )
 
@@ -114,9 +112,7 @@ def build_rollout_prompts(
     `hf_prompt_ids` are exactly the ids the trainer trains on. With vision="embeddings"
     `model` (the HF policy, tower frozen) computes the visual embeddings.
     """
-    texts = render_chats(processor, conversations, True, **template_kwargs)
-    media = [chat_media(c) for c in conversations]
-    encoded = encode_texts(processor, texts, media, padding_side="left")
+    texts, media, encoded = render_and_encode(processor, conversations, True, **template_kwargs)
     return rollout_prompts(texts, media, encoded, vision=vision, model=model)
 
 

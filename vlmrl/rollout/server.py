@@ -50,6 +50,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vlmrl.atomic import atomic_write_text
 from vlmrl.rollout.agreement import PromptIdsMismatch
 from vlmrl.rollout.inputs import RolloutPrompt
 from vlmrl.rollout.vllm_engine import RolloutOutput
@@ -143,12 +144,18 @@ class _TensorTable:
         self._names: dict[tuple[Any, ...], str] = {}
         self._storages: set[int] = set()
 
-    def add(self, name: str, tensor: torch.Tensor, source: Any = None) -> str:
-        """source: the object the tensor was converted from (a PIL image, an array), the
-        identity that repeats across prompts; default the tensor itself."""
+    def add(self, name: str, tensor: torch.Tensor | Callable[[], torch.Tensor],
+            source: Any = None) -> str:
+        """tensor: the tensor, or a function making it from `source` (a PIL image, an
+        array: the identity that repeats across prompts), called only for a new source."""
+        if source is not None:
+            key: tuple[Any, ...] = ("object", id(source))
+            if self.dedupe and key in self._names:
+                return self._names[key]
+            tensor = tensor() if callable(tensor) else tensor
         tensor = tensor.detach()
-        key = (("object", id(source)) if source is not None else
-               (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype))
+        if source is None:
+            key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
         if self.dedupe and tensor.numel() and key in self._names:
             return self._names[key]
         t = tensor.to("cpu")
@@ -199,12 +206,12 @@ def _encode_modality(prefix: str, modality: str, data: Any, table: _TensorTable)
                                for field, t in data.items()}}
     items = data if isinstance(data, list) else [data]
     if modality == "image":
-        return {"pixels": [table.add(f"{prefix}.{j}", _image_array(im), source=im)
+        return {"pixels": [table.add(f"{prefix}.{j}", lambda im=im: _image_array(im), source=im)
                            for j, im in enumerate(items)]}
     videos = []
     for j, item in enumerate(items):
         frames, meta = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-        name = table.add(f"{prefix}.{j}", _video_array(frames), source=frames)
+        name = table.add(f"{prefix}.{j}", lambda f=frames: _video_array(f), source=frames)
         videos.append({"frames": name, "metadata": _jsonable(meta)})
     return {"pixels": videos}
 
@@ -586,11 +593,8 @@ def _handler_class(server: RolloutServer) -> type[BaseHTTPRequestHandler]:
 
 def _write_ready(path: str | os.PathLike[str], server: RolloutServer) -> None:
     """Atomically: a reader sees the whole file or none."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"host": server.host, "port": server.port, "url": server.url,
-                               "pid": os.getpid()}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"host": server.host, "port": server.port,
+                                        "url": server.url, "pid": os.getpid()}))
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -53,13 +53,7 @@ from trl import GRPOConfig, GRPOTrainer
 from vlmrl.data.extract import encoded_frames, read_frames
 from vlmrl.data.records import family_of
 from vlmrl.models.loading import load_model
-from vlmrl.models.multimodal import (
-    chat_media,
-    collate_visual_rows,
-    encode_texts,
-    mm_token_types,
-    render_chats,
-)
+from vlmrl.models.multimodal import collate_visual_rows, mm_token_types, render_and_encode
 from vlmrl.models.saving import save_model_dir
 from vlmrl.models.vision_cache import VisionEmbeddingCache, vision_tower
 from vlmrl.rewards import get_reward
@@ -397,10 +391,9 @@ class VideoGRPOTrainer(DataWaitMixin, ConvertedResumeMixin, GRPOTrainer):
         # Ordered and shuffled prompts are encoded together; only the ordered ones are
         # returned to TRL, the shuffled ids wait for `_generate_single_turn`.
         conversations = list(prompts) + self._extra_prompts
-        texts = render_chats(self.processing_class, conversations, True, **self.chat_template_kwargs)
-        media = [chat_media(c) for c in conversations]
-        encoded = encode_texts(self.processing_class, texts, media)
-        self._rollout_batch = (texts, media, encoded)  # vLLM's prompts are built from it
+        self._rollout_batch = render_and_encode(  # vLLM's prompts are built from it too
+            self.processing_class, conversations, True, **self.chat_template_kwargs)
+        encoded = self._rollout_batch[2]
         ids = encoded.token_lists()
         n = len(prompts)
         self._extra_prompt_ids = ids[n:]
